@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Run the test suites of `make test` one after another and report their times.
+
+Suites run serially: the integration tests start real Ray clusters and Serve
+(on free ports), so running them side by side on 2 cores would only add noise.
+"""
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SUITES = [
+    ("patch tools", ["ci"]),
+    ("unit", ["python/ray/serve/tests/unit"]),
+    (
+        "integration",
+        [
+            "python/ray/serve/tests",
+            "python/ray/llm/tests",
+            "doc",
+            "--ignore=python/ray/serve/tests/unit",
+            "-m",
+            "not chaos",
+        ],
+    ),
+    ("chaos smoke", ["python/ray/serve/tests", "-m", "chaos"]),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--python", required=True)
+    parser.add_argument("--only", action="append", help="run only these suites")
+    args = parser.parse_args()
+    results = []
+    for name, targets in SUITES:
+        if args.only and name not in args.only:
+            continue
+        paths = [t for t in targets if not t.startswith("-") and "/" in t or t == "ci"]
+        targets = [
+            t
+            for t in targets
+            if t.startswith("-") or t in ("not chaos", "chaos") or (ROOT / t).exists()
+        ]
+        if not any((ROOT / p).exists() for p in paths):
+            continue
+        print(f"\n===== {name} =====", flush=True)
+        start = time.monotonic()
+        cmd = [args.python, "-m", "pytest", "-c", "pyproject.toml", *targets]
+        rc = subprocess.run(cmd, cwd=ROOT).returncode
+        # pytest exits 5 when a marker selects nothing; that suite is just empty.
+        if rc == 5:
+            rc = 0
+        results.append((name, rc, time.monotonic() - start))
+    print("\n===== make test summary =====")
+    for name, rc, secs in results:
+        print(f"{name:<12} {'ok' if rc == 0 else 'FAILED':<7} {secs:7.1f} s")
+    total = sum(r[2] for r in results)
+    print(f"{'total':<12} {'':<7} {total:7.1f} s")
+    return 0 if all(rc == 0 for _, rc, _ in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The built wheel installs into a fresh venv and runs Serve on a 2-node cluster."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SMOKE = textwrap.dedent(
+    """
+    import json, importlib.metadata, sys
+    from dataclasses import dataclass
+
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+    from ray.serve.config import RequestRouterConfig
+
+    ROUTER = (
+        "ray.llm._internal.serve.routing_policies.prefix_aware."
+        "prefix_aware_router:PrefixCacheAffinityRouter"
+    )
+
+    @dataclass
+    class Req:
+        prompt: str
+
+    @serve.deployment(
+        num_replicas=2,
+        ray_actor_options={"num_cpus": 0},
+        request_router_config=RequestRouterConfig(request_router_class=ROUTER),
+    )
+    class Model:
+        async def __call__(self, req):
+            return serve.get_replica_context().replica_id.unique_id
+
+    cluster = Cluster()
+    cluster.add_node(num_cpus=2)
+    cluster.add_node(num_cpus=2)
+    try:
+        ray.init(address=cluster.address, include_dashboard=False)
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        serve.start(http_options={"host": "127.0.0.1", "port": int(sys.argv[1])})
+        handle = serve.run(Model.bind(), name="smoke", route_prefix=None)
+        served = [
+            handle.remote(Req(prompt="shared prefix " * 20 + str(i))).result(
+                timeout_s=60
+            )
+            for i in range(20)
+        ]
+        dist = importlib.metadata.distribution("ray")
+        open(sys.argv[2], "w").write(json.dumps({
+            "version": dist.version,
+            "ray_version": ray.__version__,
+            "commit": ray.__commit__,
+            "patchset": json.loads(dist.read_text("PATCHSET.json")),
+            "alive_nodes": len(nodes),
+            "served": served,
+        }))
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory):
+    wheels = sorted((ROOT / "dist").glob("ray-*.whl"))
+    assert len(wheels) == 1, f"run `make wheel` first: {wheels}"
+    venv = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            f"ray[serve] @ {wheels[0].resolve().as_uri()}",
+        ],
+        check=True,
+    )
+    return venv
+
+
+def test_wheel_installs_and_serves_on_two_nodes(fresh_venv, tmp_path):
+    from conftest import free_port
+
+    script = tmp_path / "smoke.py"
+    script.write_text(SMOKE)
+    proc = subprocess.run(
+        [
+            str(fresh_venv / "bin" / "python"),
+            str(script),
+            str(free_port()),
+            str(tmp_path / "result.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    base = (ROOT / "patches" / "ray" / "base.toml").read_text()
+    assert result["version"].startswith("2.60.0+")
+    assert result["ray_version"] == "2.60.0"
+    assert result["commit"] == "b7f4259e944bf6959f721b106adc366ddfa0c356"
+    assert result["patchset"]["base"]["sha256"] in base
+    series = (ROOT / "patches" / "ray" / ".patches").read_text().split()
+    assert result["patchset"]["patches"] == series
+    assert result["alive_nodes"] == 2
+    assert len(result["served"]) == 20
+    assert 1 <= len(set(result["served"])) <= 2
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main(["-v", "-s", __file__]))
