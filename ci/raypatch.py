@@ -526,6 +526,9 @@ def cmd_wheel(args) -> None:
         tree = staging / "tree"
         shutil.copytree(src, tree, symlinks=True)
         (tree / ".complete").unlink()
+        # Never let git discover an enclosing repository (this checkout): git
+        # apply would then resolve paths against it and skip our files.
+        apply_env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(staging))
         for name in series:
             proc = subprocess.run(
                 [
@@ -536,6 +539,7 @@ def cmd_wheel(args) -> None:
                     str(args.patches_dir / name),
                 ],
                 cwd=tree,
+                env=apply_env,
                 capture_output=True,
                 text=True,
             )
@@ -544,6 +548,23 @@ def cmd_wheel(args) -> None:
                     f"patch {name} does not apply to the base wheel: file "
                     f"{_failing_file(proc.stderr)}\n{proc.stderr.strip()}"
                 )
+            # Guard against a silent no-op: the patch must now be applied.
+            check = subprocess.run(
+                [
+                    "git",
+                    "apply",
+                    "-p2",
+                    "--reverse",
+                    "--check",
+                    str(args.patches_dir / name),
+                ],
+                cwd=tree,
+                env=apply_env,
+                capture_output=True,
+                text=True,
+            )
+            if check.returncode != 0 or "Skipped" in proc.stderr + check.stderr:
+                raise PatchError(f"patch {name} did not apply to the base wheel")
         for rel in overlay:
             out = tree / rel
             if out.exists():

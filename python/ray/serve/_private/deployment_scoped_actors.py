@@ -1,0 +1,538 @@
+"""Controller-managed deployment-scoped actors created at run time.
+
+``ServeController.get_or_create_deployment_actor`` (Ray issue #60359) lets code
+that runs for a deployment (request routers in proxies and handles, replicas,
+drivers) share one actor per (deployment, name) whose lifecycle the controller
+owns:
+
+1. tracked per ``DeploymentID`` by ``DeploymentScopedActorManager``, which the
+   ``DeploymentStateManager`` holds;
+2. created only here, idempotently (the controller serializes all calls);
+3. checkpointed in the controller's KV store (name, serialized class,
+   arguments and options), written only when the set changes, and *before* an
+   actor is created, so nothing the controller never recorded can be left;
+4. recovered on controller start: live actors are re-adopted, dead ones
+   recreated, and ``SERVE_DEPLOYMENT_ACTOR`` actors of the runtime shape the
+   checkpoint does not account for are killed;
+5. killed when their deployment is deleted, after its replicas have stopped;
+6. killed on ``serve.shutdown()``.
+
+Health checks, readiness and recreation reuse upstream's
+``DeploymentActorWrapper`` (the declarative ``deployment_actors`` lifecycle);
+only the Ray actor name differs. Every Ray call goes through the wrapper class,
+so unit tests swap it for a mock.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import ray
+from ray import cloudpickle
+from ray.actor import ActorHandle
+from ray.exceptions import RayActorError
+from ray.serve._private.common import DeploymentID
+from ray.serve._private.constants import SERVE_LOGGER_NAME, SERVE_NAMESPACE
+from ray.serve._private.deployment_scoped_actor_constants import (
+    DEPLOYMENT_SCOPED_ACTOR_MAX_RESTART_BACKOFF_S,
+    DEPLOYMENT_SCOPED_ACTOR_MAX_START_ATTEMPTS,
+    DEPLOYMENT_SCOPED_ACTOR_RESTART_BACKOFF_S,
+    DEPLOYMENT_SCOPED_ACTORS_CHECKPOINT_KEY,
+)
+from ray.serve._private.deployment_scoped_actor_utils import (
+    actor_class_path,
+    get_deployment_scoped_actor_name,
+    parse_deployment_scoped_actor_name,
+    split_actor_class,
+    validate_deployment_scoped_actor_name,
+)
+from ray.serve._private.deployment_state import (
+    DeploymentActorContainer,
+    DeploymentActorState,
+    DeploymentActorWrapper,
+)
+from ray.serve._private.exceptions import DeploymentIsBeingDeletedError
+from ray.serve._private.storage.kv_store import KVStoreBase
+from ray.serve.config import DeploymentActorConfig
+from ray.serve.exceptions import RayServeException
+from ray.serve.schema import DeploymentActorDetails
+
+logger = logging.getLogger(SERVE_LOGGER_NAME)
+
+# Key of runtime-created actors in a DeploymentActorContainer: they are not
+# code-versioned (they outlive rolling updates of their deployment).
+SCOPED_ACTOR_CODE_VERSION = ""
+
+CREATED_BY_API = "api"
+CREATED_BY_CONFIG = "config"
+
+
+class DeploymentScopedActorWrapper(DeploymentActorWrapper):
+    """``DeploymentActorWrapper`` under the runtime (non-versioned) actor name."""
+
+    def __init__(
+        self,
+        deployment_id: DeploymentID,
+        config: DeploymentActorConfig,
+        code_version: str = SCOPED_ACTOR_CODE_VERSION,
+        recovered_handle: Optional[ActorHandle] = None,
+    ):
+        super().__init__(deployment_id, config, code_version, recovered_handle)
+        self._actor_name = get_deployment_scoped_actor_name(deployment_id, config.name)
+
+    @property
+    def handle(self) -> Optional[ActorHandle]:
+        return self._handle
+
+    @property
+    def actor_id(self) -> Optional[str]:
+        return self._handle._actor_id.hex() if self._handle is not None else None
+
+    def request_health_check(self) -> None:
+        """Health-check on the next control loop tick instead of at the period."""
+        if self._health_check_ref is None:
+            self._last_health_check_time = 0.0
+
+    @staticmethod
+    def lookup(ray_actor_name: str) -> Optional[ActorHandle]:
+        """The live actor of that name in the serve namespace, or None."""
+        try:
+            return ray.get_actor(ray_actor_name, namespace=SERVE_NAMESPACE)
+        except ValueError:
+            return None
+
+    @staticmethod
+    def kill_by_name(ray_actor_name: str) -> None:
+        """Kill the actor of that name if it exists."""
+        try:
+            handle = ray.get_actor(ray_actor_name, namespace=SERVE_NAMESPACE)
+            ray.kill(handle, no_restart=True)
+        except (ValueError, RayActorError):
+            pass
+
+
+@dataclass
+class _ScopedActorRecord:
+    """What the controller knows of one (deployment, name) beyond its wrapper."""
+
+    config: DeploymentActorConfig
+    # Consecutive starts that never reached RUNNING.
+    failed_starts: int = 0
+    # Times the actor was recreated after it had been running.
+    restarts: int = 0
+    # Not running and due to be (re)started at `restart_at` (time.time()).
+    pending_start: bool = False
+    restart_at: float = 0.0
+    # Gave up after DEPLOYMENT_SCOPED_ACTOR_MAX_START_ATTEMPTS failed starts.
+    failed: bool = False
+    message: str = ""
+
+
+class DeploymentScopedActorManager:
+    """Tracks runtime-created deployment actors per deployment (held by the DSM)."""
+
+    def __init__(self, kv_store: KVStoreBase):
+        self._kv_store = kv_store
+        self._records: Dict[DeploymentID, Dict[str, _ScopedActorRecord]] = {}
+        self._containers: Dict[DeploymentID, DeploymentActorContainer] = {}
+        # Counters for metrics and tests.
+        self.num_created = 0
+        self.num_recreated = 0
+        self.num_cleaned_up = 0
+
+    # The wrapper class is looked up at call time so tests can patch it.
+    @staticmethod
+    def _wrapper_cls():
+        return DeploymentScopedActorWrapper
+
+    # ------------------------------------------------------------------ #
+    # Checkpoint
+    # ------------------------------------------------------------------ #
+
+    def _checkpoint_data(self) -> Dict[DeploymentID, Dict[str, Any]]:
+        return {
+            dep_id: {name: rec.config for name, rec in recs.items()}
+            for dep_id, recs in self._records.items()
+            if recs
+        }
+
+    def _save_checkpoint(self) -> None:
+        self._kv_store.put(
+            DEPLOYMENT_SCOPED_ACTORS_CHECKPOINT_KEY,
+            cloudpickle.dumps(self._checkpoint_data()),
+        )
+
+    def delete_checkpoint(self) -> None:
+        self._kv_store.delete(DEPLOYMENT_SCOPED_ACTORS_CHECKPOINT_KEY)
+
+    # ------------------------------------------------------------------ #
+    # Recovery
+    # ------------------------------------------------------------------ #
+
+    def recover(
+        self, all_current_actor_names: List[str], deployment_states: Dict
+    ) -> None:
+        """Rebuild state from the checkpoint after a controller (re)start.
+
+        Args:
+            all_current_actor_names: Named actors in the serve namespace.
+            deployment_states: The recovered DeploymentState per DeploymentID.
+        """
+        wrapper_cls = self._wrapper_cls()
+        raw = self._kv_store.get(DEPLOYMENT_SCOPED_ACTORS_CHECKPOINT_KEY)
+        checkpoint = cloudpickle.loads(raw) if raw is not None else {}
+        live_names = set(all_current_actor_names)
+        changed = False
+        for dep_id, configs in checkpoint.items():
+            for name, config in configs.items():
+                ray_name = get_deployment_scoped_actor_name(dep_id, name)
+                if dep_id not in deployment_states:
+                    # Its deployment is gone: finish the interrupted cleanup.
+                    if ray_name in live_names:
+                        wrapper_cls.kill_by_name(ray_name)
+                        self.num_cleaned_up += 1
+                    changed = True
+                    continue
+                rec = _ScopedActorRecord(config=config)
+                self._records.setdefault(dep_id, {})[name] = rec
+                container = self._container(dep_id)
+                handle = (
+                    wrapper_cls.lookup(ray_name) if ray_name in live_names else None
+                )
+                if handle is not None:
+                    wrapper = wrapper_cls(dep_id, config, recovered_handle=handle)
+                    container.add(DeploymentActorState.RECOVERING, wrapper)
+                else:
+                    rec.pending_start = True
+                    rec.message = "Not found after controller restart; recreating."
+        for ray_name in sorted(live_names):
+            parsed = parse_deployment_scoped_actor_name(ray_name)
+            if parsed is None:
+                continue
+            dep_id, name = parsed
+            if name not in self._records.get(dep_id, {}):
+                logger.warning(
+                    f"Killing deployment actor '{ray_name}': the controller's "
+                    "checkpoint does not account for it."
+                )
+                wrapper_cls.kill_by_name(ray_name)
+                self.num_cleaned_up += 1
+        if changed:
+            self._save_checkpoint()
+        n = sum(len(r) for r in self._records.values())
+        if n:
+            logger.info(f"Recovered {n} deployment-scoped actor(s) from checkpoint.")
+
+    # ------------------------------------------------------------------ #
+    # The API
+    # ------------------------------------------------------------------ #
+
+    def _container(self, dep_id: DeploymentID) -> DeploymentActorContainer:
+        if dep_id not in self._containers:
+            self._containers[dep_id] = DeploymentActorContainer(dep_id)
+        return self._containers[dep_id]
+
+    def _wrapper(self, dep_id: DeploymentID, name: str):
+        container = self._containers.get(dep_id)
+        if container is None:
+            return None
+        return container.get_wrapper(SCOPED_ACTOR_CODE_VERSION, name)
+
+    @staticmethod
+    def _runtime_env(deployment_state) -> Dict[str, Any]:
+        version = deployment_state.target_version
+        options = (version.ray_actor_options if version is not None else None) or {}
+        return options.get("runtime_env", {}) or {}
+
+    def get_or_create(
+        self,
+        deployment_id: DeploymentID,
+        actor_name: str,
+        actor_class: Any,
+        args: Tuple,
+        kwargs: Dict[str, Any],
+        deployment_state,
+        shutting_down: bool = False,
+    ) -> ActorHandle:
+        """Return the deployment's actor of that name, creating it if needed.
+
+        Raises:
+            RayServeException: Serve is shutting down.
+            ValueError: Invalid name, unknown deployment, or a different class
+                under an existing name.
+            DeploymentIsBeingDeletedError: The deployment is being deleted.
+            TypeError: The class or arguments cannot be serialized.
+        """
+        validate_deployment_scoped_actor_name(actor_name)
+        if shutting_down:
+            raise RayServeException(
+                f"Cannot get or create deployment actor '{actor_name}' of "
+                f"{deployment_id}: Serve is shutting down."
+            )
+        if deployment_state is None:
+            raise ValueError(
+                f"Cannot get or create deployment actor '{actor_name}': "
+                f"{deployment_id} does not exist."
+            )
+        if deployment_state.deleting:
+            raise DeploymentIsBeingDeletedError(
+                f"Cannot get or create deployment actor '{actor_name}': "
+                f"{deployment_id} is being deleted."
+            )
+        actor_cls, options = split_actor_class(actor_class)
+        rec = self._records.get(deployment_id, {}).get(actor_name)
+        if rec is not None:
+            return self._get_existing(deployment_id, rec, actor_cls, deployment_state)
+
+        try:
+            config = DeploymentActorConfig(
+                name=actor_name,
+                actor_class=actor_cls,
+                init_args=tuple(args),
+                init_kwargs=dict(kwargs),
+                actor_options=options,
+            )
+            cloudpickle.dumps(config)
+        except Exception as e:
+            raise TypeError(
+                f"Cannot create deployment actor '{actor_name}' of {deployment_id}: "
+                f"its class {actor_class_path(actor_cls)} or arguments cannot be "
+                f"serialized for the controller's checkpoint: {e}"
+            ) from None
+
+        rec = _ScopedActorRecord(config=config)
+        self._records.setdefault(deployment_id, {})[actor_name] = rec
+        # Write-ahead: record before creating, so a crash in between leaves
+        # nothing unaccounted for.
+        self._save_checkpoint()
+        wrapper = self._start(deployment_id, rec, self._runtime_env(deployment_state))
+        if wrapper is None:
+            del self._records[deployment_id][actor_name]
+            self._save_checkpoint()
+            raise ValueError(
+                f"Failed to create deployment actor '{actor_name}' of "
+                f"{deployment_id}: {rec.message}"
+            )
+        self.num_created += 1
+        logger.info(
+            f"Created deployment actor '{actor_name}' of {deployment_id} "
+            f"({actor_class_path(actor_cls)}) as '{wrapper._actor_name}'."
+        )
+        return wrapper.handle
+
+    def _get_existing(
+        self, deployment_id, rec: _ScopedActorRecord, actor_cls, deployment_state
+    ) -> ActorHandle:
+        requested = actor_class_path(actor_cls)
+        if requested != rec.config.actor_class:
+            raise ValueError(
+                f"Deployment actor '{rec.config.name}' of {deployment_id} already "
+                f"exists with class {rec.config.actor_class}; it cannot be "
+                f"requested with a different class {requested}."
+            )
+        wrapper = self._wrapper(deployment_id, rec.config.name)
+        if wrapper is None:
+            # Waiting for a restart or given up: the caller asks for it now.
+            rec.failed = False
+            rec.failed_starts = 0
+            wrapper = self._start(
+                deployment_id, rec, self._runtime_env(deployment_state)
+            )
+            if wrapper is None:
+                raise ValueError(
+                    f"Failed to start deployment actor '{rec.config.name}' of "
+                    f"{deployment_id}: {rec.message}"
+                )
+            self.num_recreated += 1
+        else:
+            # A caller asking again may hold a dead handle: check soon.
+            wrapper.request_health_check()
+        return wrapper.handle
+
+    def get_handle(
+        self, deployment_id: DeploymentID, actor_name: str, deployment_state
+    ) -> Optional[ActorHandle]:
+        """A handle to a runtime or declarative actor of the deployment, or None."""
+        wrapper = self._wrapper(deployment_id, actor_name)
+        if wrapper is not None:
+            wrapper.request_health_check()
+            return wrapper.handle
+        if deployment_state is None or deployment_state.target_version is None:
+            return None
+        declarative = deployment_state._deployment_actors.get_wrapper(
+            deployment_state.target_version.code_version, actor_name
+        )
+        return declarative._handle if declarative is not None else None
+
+    # ------------------------------------------------------------------ #
+    # Control loop
+    # ------------------------------------------------------------------ #
+
+    def _start(self, dep_id, rec: _ScopedActorRecord, runtime_env) -> Optional[Any]:
+        wrapper = self._wrapper_cls()(dep_id, rec.config)
+        started, error = wrapper.start(runtime_env)
+        if not started:
+            self._on_failed_start(dep_id, rec, error or "unknown error")
+            return None
+        rec.pending_start = False
+        self._container(dep_id).add(DeploymentActorState.STARTING, wrapper)
+        return wrapper
+
+    def _on_failed_start(self, dep_id, rec: _ScopedActorRecord, error: str) -> None:
+        rec.failed_starts += 1
+        rec.pending_start = True
+        if rec.failed_starts >= DEPLOYMENT_SCOPED_ACTOR_MAX_START_ATTEMPTS:
+            rec.failed = True
+            rec.message = (
+                f"Failed to start {rec.failed_starts} times in a row; not retrying "
+                f"until it is requested again. Last error: {error}"
+            )
+            logger.error(
+                f"Deployment actor '{rec.config.name}' of {dep_id}: " + rec.message
+            )
+            return
+        backoff = min(
+            DEPLOYMENT_SCOPED_ACTOR_RESTART_BACKOFF_S * 2 ** (rec.failed_starts - 1),
+            DEPLOYMENT_SCOPED_ACTOR_MAX_RESTART_BACKOFF_S,
+        )
+        rec.restart_at = time.time() + backoff
+        rec.message = (
+            f"Start attempt {rec.failed_starts}/"
+            f"{DEPLOYMENT_SCOPED_ACTOR_MAX_START_ATTEMPTS} failed; retrying in "
+            f"{backoff:.1f}s. Error: {error}"
+        )
+        logger.warning(
+            f"Deployment actor '{rec.config.name}' of {dep_id}: " + rec.message
+        )
+
+    def update(self, deployment_states: Dict) -> None:
+        """One control loop step: readiness, health checks and recreation.
+
+        Deployments being deleted are left alone; their actors are killed once
+        the deployment is gone (``on_deployment_deleted``).
+        """
+        for dep_id, recs in self._records.items():
+            deployment_state = deployment_states.get(dep_id)
+            if not recs or deployment_state is None or deployment_state.deleting:
+                continue
+            container = self._container(dep_id)
+            pending = [DeploymentActorState.STARTING, DeploymentActorState.RECOVERING]
+            for state, entry in container.pop(states=pending):
+                wrapper, rec = entry.wrapper, recs[entry.name]
+                ready, error = wrapper.check_ready()
+                if ready:
+                    wrapper.reset_health_state_after_running()
+                    container.add(DeploymentActorState.RUNNING, wrapper)
+                    rec.failed_starts = 0
+                    rec.message = ""
+                elif error is not None:
+                    wrapper.kill()
+                    self._on_failed_start(dep_id, rec, error)
+                else:
+                    container.add(state, wrapper)
+            for _, entry in container.pop(states=[DeploymentActorState.RUNNING]):
+                wrapper, rec = entry.wrapper, recs[entry.name]
+                if wrapper.check_health():
+                    container.add(DeploymentActorState.RUNNING, wrapper)
+                    continue
+                logger.warning(
+                    f"Deployment actor '{entry.name}' of {dep_id} is unhealthy or "
+                    "dead; recreating it with the same arguments."
+                )
+                wrapper.kill()
+                rec.restarts += 1
+                rec.pending_start = True
+                rec.restart_at = 0.0
+                rec.message = "Recreating after a failed health check."
+                self.num_recreated += 1
+            now = time.time()
+            runtime_env = None
+            for rec in recs.values():
+                if rec.pending_start and not rec.failed and now >= rec.restart_at:
+                    if runtime_env is None:
+                        runtime_env = self._runtime_env(deployment_state)
+                    self._start(dep_id, rec, runtime_env)
+
+    def on_deployment_deleted(self, deployment_id: DeploymentID) -> None:
+        """Kill the deployment's actors (its replicas have stopped) and forget them."""
+        recs = self._records.pop(deployment_id, None)
+        container = self._containers.pop(deployment_id, None)
+        if not recs:
+            return
+        wrapper_cls = self._wrapper_cls()
+        live = {w.actor_logical_name for w in container.get()} if container else set()
+        for wrapper in container.get() if container else []:
+            wrapper.kill()
+        for name in recs:
+            if name not in live:
+                wrapper_cls.kill_by_name(
+                    get_deployment_scoped_actor_name(deployment_id, name)
+                )
+        self.num_cleaned_up += len(recs)
+        logger.info(
+            f"Killed {len(recs)} deployment actor(s) of deleted {deployment_id}: "
+            f"{sorted(recs)}."
+        )
+        self._save_checkpoint()
+
+    def kill_all(self) -> None:
+        """Kill every tracked actor (``serve.shutdown()``'s last step)."""
+        for dep_id in list(self._records):
+            self.on_deployment_deleted(dep_id)
+
+    # ------------------------------------------------------------------ #
+    # Visibility
+    # ------------------------------------------------------------------ #
+
+    def _state_of(self, dep_id, name: str, rec: _ScopedActorRecord) -> str:
+        if rec.failed:
+            return "FAILED"
+        container = self._containers.get(dep_id)
+        if container is not None:
+            for state in DeploymentActorState:
+                for wrapper in container.get(states=[state]):
+                    if wrapper.actor_logical_name == name:
+                        return state.name
+        return "RESTARTING" if rec.pending_start else "UNKNOWN"
+
+    def list_details(
+        self, deployment_id: DeploymentID, deployment_state
+    ) -> List[DeploymentActorDetails]:
+        """Runtime-created and declarative actors of a deployment, with state."""
+        details = []
+        for name, rec in sorted(self._records.get(deployment_id, {}).items()):
+            wrapper = self._wrapper(deployment_id, name)
+            details.append(
+                DeploymentActorDetails(
+                    name=name,
+                    actor_name=get_deployment_scoped_actor_name(deployment_id, name),
+                    actor_class=rec.config.actor_class,
+                    actor_id=wrapper.actor_id if wrapper is not None else None,
+                    state=self._state_of(deployment_id, name, rec),
+                    created_by=CREATED_BY_API,
+                    restarts=rec.restarts,
+                    message=rec.message,
+                )
+            )
+        if deployment_state is not None:
+            containers = deployment_state._deployment_actors
+            for state in DeploymentActorState:
+                for wrapper in containers.get(states=[state]):
+                    handle = wrapper._handle
+                    details.append(
+                        DeploymentActorDetails(
+                            name=wrapper.actor_logical_name,
+                            actor_name=wrapper._actor_name,
+                            actor_class=str(wrapper._config.actor_class),
+                            actor_id=handle._actor_id.hex() if handle else None,
+                            state=state.name,
+                            created_by=CREATED_BY_CONFIG,
+                            restarts=0,
+                            message="",
+                        )
+                    )
+        return details
+
+    def has_actors(self, deployment_id: DeploymentID) -> bool:
+        return bool(self._records.get(deployment_id))
