@@ -8,7 +8,7 @@ TOOLS := build/tools-venv
 RAYPATCH := $(PYTHON) ci/raypatch.py
 WHEEL_PIN := wheel==0.45.1
 # Ray's CI test pins (python/requirements/test-requirements.txt).
-TEST_PINS := pytest==7.4.4 pytest-asyncio==0.17.2 pytest-timeout==2.1.0
+TEST_PINS := pytest==7.4.4 pytest-asyncio==0.17.2 pytest-timeout==2.1.0 httpx==0.28.1
 LINT_PINS := ruff==0.11.13 black==25.1.0
 # Plots for the demo, chaos and benchmark reports; psutil for process checks.
 DEV_PINS := matplotlib==3.9.2

@@ -48,8 +48,9 @@ def main() -> int:
         print(f"dev_env: installing ray[serve] from {wheel.name} and {pins}")
         pip(args.venv, "install", "-q", f"ray[serve] @ {wheel.as_uri()}", *args.pins)
         pins_stamp.write_text(pins)
-        stamp.write_text(digest)
-    elif not stamp.exists() or stamp.read_text() != digest:
+    # The version (2.60.0+<local>) stays the same across rebuilds, so pip
+    # would keep an older build: reinstall Ray itself whenever the wheel changed.
+    if not stamp.exists() or stamp.read_text() != digest:
         print(f"dev_env: reinstalling ray from {wheel.name}")
         pip(args.venv, "install", "-q", "--force-reinstall", "--no-deps", str(wheel))
         stamp.write_text(digest)

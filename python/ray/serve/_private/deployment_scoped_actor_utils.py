@@ -26,7 +26,7 @@ from ray.serve._private.deployment_scoped_actor_constants import (
 # Actor names: a letter or digit, then letters, digits, '_', '-' or '.'.
 # No ':' (so the Ray actor name splits unambiguously) and no '#' (reserved by
 # Serve).
-_VALID_ACTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_VALID_ACTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
 
 # Options that the controller owns: a caller cannot set them.
 CONTROLLER_OWNED_ACTOR_OPTIONS = (

@@ -191,6 +191,7 @@ class DeploymentScopedActorManager:
                     # Its deployment is gone: finish the interrupted cleanup.
                     if ray_name in live_names:
                         wrapper_cls.kill_by_name(ray_name)
+                        live_names.discard(ray_name)
                         self.num_cleaned_up += 1
                     changed = True
                     continue
@@ -305,7 +306,11 @@ class DeploymentScopedActorManager:
         self._records.setdefault(deployment_id, {})[actor_name] = rec
         # Write-ahead: record before creating, so a crash in between leaves
         # nothing unaccounted for.
-        self._save_checkpoint()
+        try:
+            self._save_checkpoint()
+        except Exception:
+            del self._records[deployment_id][actor_name]
+            raise
         wrapper = self._start(deployment_id, rec, self._runtime_env(deployment_state))
         if wrapper is None:
             del self._records[deployment_id][actor_name]

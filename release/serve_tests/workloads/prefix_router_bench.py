@@ -1,0 +1,155 @@
+"""Routing benchmark: prefix-aware router vs power-of-two on one deployment.
+
+Runs under any Ray 2.60.0 (stock or patched): 2 replicas of a trivial async
+model, driven closed-loop through a DeploymentHandle at several concurrency
+levels, with prompts that share one of a few long prefixes plus a unique
+suffix. Writes requests/s, p50/p99 latency and the affinity rate per router and
+concurrency to ``TEST_OUTPUT_JSON`` (or --output).
+"""
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List
+
+import ray
+from ray import serve
+from ray.serve.config import RequestRouterConfig
+
+PREFIX_ROUTER = (
+    "ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_router:"
+    "PrefixCacheAffinityRouter"
+)
+
+
+@dataclass
+class Prompt:
+    """What the prefix router reads: an object with a `prompt` attribute."""
+
+    prompt: str
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+class TrivialModel:
+    async def __call__(self, request: Prompt) -> str:
+        return serve.get_replica_context().replica_id.unique_id
+
+
+def percentile(values: List[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def affinity_rate(pairs: List[tuple]) -> float:
+    """Share of each prefix's requests that went to its most frequent replica."""
+    by_prefix = collections.defaultdict(collections.Counter)
+    for prefix, replica in pairs:
+        by_prefix[prefix][replica] += 1
+    total = sum(sum(c.values()) for c in by_prefix.values())
+    top = sum(c.most_common(1)[0][1] for c in by_prefix.values())
+    return top / total if total else 0.0
+
+
+async def closed_loop(handle, concurrency: int, duration_s: float, prompts) -> Dict:
+    latencies, pairs, failures = [], [], 0
+    counter = iter(range(10**9))
+    deadline = time.monotonic() + duration_s
+
+    async def caller():
+        nonlocal failures
+        while time.monotonic() < deadline:
+            i = next(counter)
+            prefix = i % len(prompts)
+            start = time.monotonic()
+            try:
+                replica = await handle.remote(Prompt(prompts[prefix] + f" #{i}"))
+            except Exception:
+                failures += 1
+                continue
+            latencies.append(time.monotonic() - start)
+            pairs.append((prefix, replica))
+
+    start = time.monotonic()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    elapsed = time.monotonic() - start
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "failed": failures,
+        "req_per_s": len(latencies) / elapsed,
+        "p50_ms": percentile(latencies, 0.5) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "affinity": affinity_rate(pairs),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--warmup-s", type=float, default=3.0)
+    parser.add_argument("--prefixes", type=int, default=8)
+    parser.add_argument("--prefix-chars", type=int, default=2000)
+    parser.add_argument("--routers", nargs="+", default=["pow2", "prefix"])
+    parser.add_argument("--output", default=os.environ.get("TEST_OUTPUT_JSON"))
+    parser.add_argument("--smoke", action="store_true", help="seconds, not minutes")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.duration_s, args.warmup_s = 2.0, 1.0
+
+    prompts = [
+        (f"[{p}] " + "The quick brown fox jumps over the lazy dog. " * 60)[
+            : args.prefix_chars
+        ]
+        for p in range(args.prefixes)
+    ]
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    results = {"ray_version": ray.__version__, "runs": []}
+    try:
+        from importlib.metadata import version
+
+        results["distribution_version"] = version("ray")
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+        for router in args.routers:
+            options = {"name": "Model", "num_replicas": 2}
+            if router == "prefix":
+                options["request_router_config"] = RequestRouterConfig(
+                    request_router_class=PREFIX_ROUTER
+                )
+            handle = serve.run(
+                TrivialModel.options(**options).bind(),
+                name=f"bench_{router}",
+                route_prefix=None,
+            )
+            asyncio.run(closed_loop(handle, 8, args.warmup_s, prompts))
+            for c in args.concurrency:
+                run = asyncio.run(closed_loop(handle, c, args.duration_s, prompts))
+                run["router"] = router
+                results["runs"].append(run)
+                print(json.dumps(run), flush=True)
+            serve.delete(f"bench_{router}")
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
