@@ -124,6 +124,10 @@ class _ScopedActorRecord:
     # Not running and due to be (re)started at `restart_at` (time.time()).
     pending_start: bool = False
     restart_at: float = 0.0
+    # When it last became RUNNING, and how many times in a row it then died
+    # soon after (a crash loop is recreated with backoff).
+    running_since: float = 0.0
+    quick_deaths: int = 0
     # Gave up after DEPLOYMENT_SCOPED_ACTOR_MAX_START_ATTEMPTS failed starts.
     failed: bool = False
     message: str = ""
@@ -411,6 +415,30 @@ class DeploymentScopedActorManager:
             f"Deployment actor '{rec.config.name}' of {dep_id}: " + rec.message
         )
 
+    @staticmethod
+    def _schedule_recreation(rec: _ScopedActorRecord) -> None:
+        """Recreate a dead running actor: at once, or with backoff in a crash loop."""
+        now = time.time()
+        rec.restarts += 1
+        rec.pending_start = True
+        if now - rec.running_since < DEPLOYMENT_SCOPED_ACTOR_MAX_RESTART_BACKOFF_S:
+            rec.quick_deaths += 1
+        else:
+            rec.quick_deaths = 0
+        delay = 0.0
+        if rec.quick_deaths > 1:
+            # The first quick death is recreated at once; a crash loop backs off.
+            delay = min(
+                DEPLOYMENT_SCOPED_ACTOR_RESTART_BACKOFF_S * 2 ** (rec.quick_deaths - 2),
+                DEPLOYMENT_SCOPED_ACTOR_MAX_RESTART_BACKOFF_S,
+            )
+        rec.restart_at = now + delay
+        rec.message = (
+            f"Recreating after a failed health check (restart {rec.restarts}"
+            + (f", in {delay:.1f}s" if delay else "")
+            + ")."
+        )
+
     def update(self, deployment_states: Dict) -> None:
         """One control loop step: readiness, health checks and recreation.
 
@@ -430,6 +458,7 @@ class DeploymentScopedActorManager:
                     wrapper.reset_health_state_after_running()
                     container.add(DeploymentActorState.RUNNING, wrapper)
                     rec.failed_starts = 0
+                    rec.running_since = time.time()
                     rec.message = ""
                 elif error is not None:
                     wrapper.kill()
@@ -446,10 +475,7 @@ class DeploymentScopedActorManager:
                     "dead; recreating it with the same arguments."
                 )
                 wrapper.kill()
-                rec.restarts += 1
-                rec.pending_start = True
-                rec.restart_at = 0.0
-                rec.message = "Recreating after a failed health check."
+                self._schedule_recreation(rec)
                 self.num_recreated += 1
             now = time.time()
             runtime_env = None

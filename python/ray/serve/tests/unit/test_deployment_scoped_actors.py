@@ -800,6 +800,46 @@ def test_failed_health_check_recreates_actor(mock_scoped_actors_dsm):
     assert details(dsm)["tree"].restarts == 2
 
 
+@patch(f"{SCOPED_ACTORS_MODULE}.DEPLOYMENT_SCOPED_ACTOR_RESTART_BACKOFF_S", 1.0)
+@patch(f"{SCOPED_ACTORS_MODULE}.DEPLOYMENT_SCOPED_ACTOR_MAX_RESTART_BACKOFF_S", 4.0)
+def test_crash_loop_after_running_is_recreated_with_backoff(mock_scoped_actors_dsm):
+    """An actor that keeps dying right after it runs is recreated with backoff.
+
+    A death after a long healthy run and the first death soon after becoming
+    RUNNING are recreated at once; further quick deaths wait 1, 2, 4, 4 s.
+    """
+    create_dsm, timer, _ = mock_scoped_actors_dsm
+    dsm = create_dsm()
+    deploy_running(dsm)
+    get_or_create(dsm)
+    wrapper = make_running(dsm)
+    timer.advance(100)  # a long healthy run
+
+    for expected_delay in [0.0, 0.0, 1.0, 2.0, 4.0, 4.0]:
+        starts = len(fake_cluster.started)
+        wrapper.set_health_ok(False)
+        dsm.update()
+        assert wrapper.killed
+        if expected_delay:
+            assert details(dsm)["tree"].state == "RESTARTING"
+            assert len(fake_cluster.started) == starts
+            timer.advance(expected_delay - 0.01)
+            dsm.update()
+            assert len(fake_cluster.started) == starts
+            timer.advance(0.02)
+            dsm.update()
+        assert len(fake_cluster.started) == starts + 1
+        wrapper = make_running(dsm)
+
+    # After a long healthy run the next death is recreated at once again.
+    timer.advance(100)
+    starts = len(fake_cluster.started)
+    wrapper.set_health_ok(False)
+    dsm.update()
+    assert len(fake_cluster.started) == starts + 1
+    assert details(dsm)["tree"].restarts == 7
+
+
 @patch(f"{SCOPED_ACTORS_MODULE}.DEPLOYMENT_SCOPED_ACTOR_MAX_START_ATTEMPTS", 4)
 @patch(f"{SCOPED_ACTORS_MODULE}.DEPLOYMENT_SCOPED_ACTOR_RESTART_BACKOFF_S", 1.0)
 @patch(f"{SCOPED_ACTORS_MODULE}.DEPLOYMENT_SCOPED_ACTOR_MAX_RESTART_BACKOFF_S", 3.0)
