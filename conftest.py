@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "/tests/unit/" in str(item.fspath):
+        if "/unit/" in str(item.fspath):
             item.add_marker(pytest.mark.usefixtures("_forbid_ray_init"))
 
 

@@ -179,11 +179,15 @@ async def get_or_create_deployment_actor_async(
     Returns:
         A handle to the live actor.
     """
-    controller = await asyncio.to_thread(_get_controller)
-    ref = controller.get_or_create_deployment_actor.remote(
-        deployment_id, actor_name, actor_class, *args, **kwargs
-    )
-    return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout_s)
+
+    async def call():
+        controller = await asyncio.to_thread(_get_controller)
+        ref = controller.get_or_create_deployment_actor.remote(
+            deployment_id, actor_name, actor_class, *args, **kwargs
+        )
+        return await asyncio.wrap_future(ref.future())
+
+    return await asyncio.wait_for(call(), timeout_s)
 
 
 async def get_deployment_actor_async(
@@ -199,6 +203,10 @@ async def get_deployment_actor_async(
     Returns:
         The handle, or None if the deployment has no such actor running.
     """
-    controller = await asyncio.to_thread(_get_controller)
-    ref = controller.get_deployment_actor_handle.remote(deployment_id, actor_name)
-    return await asyncio.wait_for(asyncio.wrap_future(ref.future()), timeout_s)
+
+    async def call():
+        controller = await asyncio.to_thread(_get_controller)
+        ref = controller.get_deployment_actor_handle.remote(deployment_id, actor_name)
+        return await asyncio.wrap_future(ref.future())
+
+    return await asyncio.wait_for(call(), timeout_s)

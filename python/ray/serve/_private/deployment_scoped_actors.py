@@ -54,9 +54,11 @@ from ray.serve._private.deployment_state import (
 )
 from ray.serve._private.exceptions import DeploymentIsBeingDeletedError
 from ray.serve._private.storage.kv_store import KVStoreBase
+from ray.serve._private.utils import check_obj_ref_ready_nowait
 from ray.serve.config import DeploymentActorConfig
 from ray.serve.exceptions import RayServeException
 from ray.serve.schema import DeploymentActorDetails
+from ray.util import metrics as ray_metrics
 
 logger = logging.getLogger(SERVE_LOGGER_NAME)
 
@@ -66,6 +68,11 @@ SCOPED_ACTOR_CODE_VERSION = ""
 
 CREATED_BY_API = "api"
 CREATED_BY_CONFIG = "config"
+
+
+def _node_id_of_current_actor(actor) -> str:
+    """Runs inside a deployment actor (``__ray_call__``)."""
+    return ray.get_runtime_context().get_node_id()
 
 
 class DeploymentScopedActorWrapper(DeploymentActorWrapper):
@@ -101,6 +108,21 @@ class DeploymentScopedActorWrapper(DeploymentActorWrapper):
             return ray.get_actor(ray_actor_name, namespace=SERVE_NAMESPACE)
         except ValueError:
             return None
+
+    @staticmethod
+    def request_node_id(handle: ActorHandle) -> Any:
+        """Ask an actor (any kind) for its node id; returns an ObjectRef."""
+        return handle.__ray_call__.remote(_node_id_of_current_actor)
+
+    @staticmethod
+    def node_id_if_ready(ref: Any) -> Tuple[bool, Optional[str]]:
+        """(resolved, node id) of a ``request_node_id`` ref, without blocking."""
+        if not check_obj_ref_ready_nowait(ref):
+            return False, None
+        try:
+            return True, ray.get(ref)
+        except Exception:
+            return True, None
 
     @staticmethod
     def kill_by_name(ray_actor_name: str) -> None:
@@ -140,10 +162,40 @@ class DeploymentScopedActorManager:
         self._kv_store = kv_store
         self._records: Dict[DeploymentID, Dict[str, _ScopedActorRecord]] = {}
         self._containers: Dict[DeploymentID, DeploymentActorContainer] = {}
-        # Counters for metrics and tests.
+        # Counters for metrics (and tests).
         self.num_created = 0
         self.num_recreated = 0
         self.num_cleaned_up = 0
+        tags = ("deployment", "application")
+        self._metrics = {
+            "created": ray_metrics.Counter(
+                "serve_deployment_actor_creations",
+                description="Deployment-scoped actors created through the API.",
+                tag_keys=tags,
+            ),
+            "recreated": ray_metrics.Counter(
+                "serve_deployment_actor_recreations",
+                description="Deployment-scoped actors recreated after they died.",
+                tag_keys=tags,
+            ),
+            "cleaned_up": ray_metrics.Counter(
+                "serve_deployment_actor_cleanups",
+                description=(
+                    "Deployment-scoped actors killed because their deployment "
+                    "was deleted, Serve shut down, or no checkpoint recorded them."
+                ),
+                tag_keys=tags,
+            ),
+        }
+        # Node of each actor instance (by actor id), resolved without blocking.
+        self._node_refs: Dict[str, Any] = {}
+        self._node_ids: Dict[str, Optional[str]] = {}
+
+    def _count(self, kind: str, dep_id: DeploymentID, n: int = 1) -> None:
+        setattr(self, f"num_{kind}", getattr(self, f"num_{kind}") + n)
+        self._metrics[kind].inc(
+            n, tags={"deployment": dep_id.name, "application": dep_id.app_name}
+        )
 
     # The wrapper class is looked up at call time so tests can patch it.
     @staticmethod
@@ -196,7 +248,7 @@ class DeploymentScopedActorManager:
                     if ray_name in live_names:
                         wrapper_cls.kill_by_name(ray_name)
                         live_names.discard(ray_name)
-                        self.num_cleaned_up += 1
+                        self._count("cleaned_up", dep_id)
                     changed = True
                     continue
                 rec = _ScopedActorRecord(config=config)
@@ -222,7 +274,7 @@ class DeploymentScopedActorManager:
                     "checkpoint does not account for it."
                 )
                 wrapper_cls.kill_by_name(ray_name)
-                self.num_cleaned_up += 1
+                self._count("cleaned_up", dep_id)
         if changed:
             self._save_checkpoint()
         n = sum(len(r) for r in self._records.values())
@@ -323,7 +375,7 @@ class DeploymentScopedActorManager:
                 f"Failed to create deployment actor '{actor_name}' of "
                 f"{deployment_id}: {rec.message}"
             )
-        self.num_created += 1
+        self._count("created", deployment_id)
         logger.info(
             f"Created deployment actor '{actor_name}' of {deployment_id} "
             f"({actor_class_path(actor_cls)}) as '{wrapper._actor_name}'."
@@ -353,7 +405,7 @@ class DeploymentScopedActorManager:
                     f"Failed to start deployment actor '{rec.config.name}' of "
                     f"{deployment_id}: {rec.message}"
                 )
-            self.num_recreated += 1
+            self._count("recreated", deployment_id)
         else:
             # A caller asking again may hold a dead handle: check soon.
             wrapper.request_health_check()
@@ -457,6 +509,7 @@ class DeploymentScopedActorManager:
                 if ready:
                     wrapper.reset_health_state_after_running()
                     container.add(DeploymentActorState.RUNNING, wrapper)
+                    self._node_id(wrapper.handle)  # ask early, for details
                     rec.failed_starts = 0
                     rec.running_since = time.time()
                     rec.message = ""
@@ -475,8 +528,9 @@ class DeploymentScopedActorManager:
                     "dead; recreating it with the same arguments."
                 )
                 wrapper.kill()
+                self._drop_node_id(wrapper)
                 self._schedule_recreation(rec)
-                self.num_recreated += 1
+                self._count("recreated", dep_id)
             now = time.time()
             runtime_env = None
             for rec in recs.values():
@@ -495,12 +549,13 @@ class DeploymentScopedActorManager:
         live = {w.actor_logical_name for w in container.get()} if container else set()
         for wrapper in container.get() if container else []:
             wrapper.kill()
+            self._drop_node_id(wrapper)
         for name in recs:
             if name not in live:
                 wrapper_cls.kill_by_name(
                     get_deployment_scoped_actor_name(deployment_id, name)
                 )
-        self.num_cleaned_up += len(recs)
+        self._count("cleaned_up", deployment_id, len(recs))
         logger.info(
             f"Killed {len(recs)} deployment actor(s) of deleted {deployment_id}: "
             f"{sorted(recs)}."
@@ -515,6 +570,32 @@ class DeploymentScopedActorManager:
     # ------------------------------------------------------------------ #
     # Visibility
     # ------------------------------------------------------------------ #
+
+    def _node_id(self, handle: Optional[ActorHandle]) -> Optional[str]:
+        """The node of an actor instance; asked once, answered on a later call."""
+        if handle is None:
+            return None
+        try:
+            actor_id = handle._actor_id.hex()
+            if actor_id in self._node_ids:
+                return self._node_ids[actor_id]
+            wrapper_cls = self._wrapper_cls()
+            ref = self._node_refs.get(actor_id)
+            if ref is None:
+                self._node_refs[actor_id] = wrapper_cls.request_node_id(handle)
+                return None
+            resolved, node_id = wrapper_cls.node_id_if_ready(ref)
+            if resolved:
+                del self._node_refs[actor_id]
+                self._node_ids[actor_id] = node_id
+            return node_id
+        except Exception:
+            return None
+
+    def _drop_node_id(self, wrapper) -> None:
+        actor_id = wrapper.actor_id
+        self._node_refs.pop(actor_id, None)
+        self._node_ids.pop(actor_id, None)
 
     def _state_of(self, dep_id, name: str, rec: _ScopedActorRecord) -> str:
         if rec.failed:
@@ -540,6 +621,7 @@ class DeploymentScopedActorManager:
                     actor_name=get_deployment_scoped_actor_name(deployment_id, name),
                     actor_class=rec.config.actor_class,
                     actor_id=wrapper.actor_id if wrapper is not None else None,
+                    node_id=self._node_id(wrapper.handle) if wrapper else None,
                     state=self._state_of(deployment_id, name, rec),
                     created_by=CREATED_BY_API,
                     restarts=rec.restarts,
@@ -557,6 +639,7 @@ class DeploymentScopedActorManager:
                             actor_name=wrapper._actor_name,
                             actor_class=str(wrapper._config.actor_class),
                             actor_id=handle._actor_id.hex() if handle else None,
+                            node_id=self._node_id(handle),
                             state=state.name,
                             created_by=CREATED_BY_CONFIG,
                             restarts=0,

@@ -177,7 +177,8 @@ class PrefixTreeClient:
         # cost of the tree operations themselves).
         self._pending_inserts: List[Tuple[str, str, float]] = []
         self._pending_matches: List[Tuple[str, List[str], asyncio.Future]] = []
-        self._flush_scheduled = False
+        self._insert_flush_timer: Optional[asyncio.TimerHandle] = None
+        self._match_flush_scheduled = False
         self._local: Optional[PrefixTree] = PrefixTree() if local_cache else None
         self._insert_flush_interval_s = insert_flush_interval_s if local_cache else 0
         self._local_eviction_task: Optional[asyncio.Task] = None
@@ -276,7 +277,9 @@ class PrefixTreeClient:
         backoff = self._backoff_initial_s
         while self._handle is None:
             try:
-                handle = await self._resolve_fn()
+                handle = await asyncio.wait_for(
+                    self._resolve_fn(), self._resolve_timeout_s
+                )
                 self.stats["resolves"] += 1
                 if handle._actor_id == self._dead_actor_id:
                     # The controller has not noticed the death yet.
@@ -286,8 +289,11 @@ class PrefixTreeClient:
                 try:
                     await self._refill(handle)
                 except BaseException:
-                    self._handle = None
+                    if self._handle is handle:
+                        self._handle = None
                     raise
+                if self._handle is not handle:
+                    raise RuntimeError("the tree died while it was being refilled")
                 self._ready = True
                 self._consecutive_timeouts = 0
                 self._skip_until = 0.0
@@ -341,7 +347,12 @@ class PrefixTreeClient:
         if not self.available:
             return []
         handle = self._handle
-        counts = await self._read(handle.getattr.remote("tenant_to_char_count"), handle)
+        try:
+            ref = handle.getattr.remote("tenant_to_char_count")
+        except Exception as e:
+            logger.debug(f"Prefix tree read could not be submitted: {e!r}")
+            return []
+        counts = await self._read(ref, handle)
         if not counts:
             return []
         mine = set(self._get_current_tenants())
@@ -431,28 +442,29 @@ class PrefixTreeClient:
         if self._local is not None:
             self._local.insert(text, tenant, now)
         self._pending_inserts.append((text, tenant, now))
-        self._schedule_flush(self._insert_flush_interval_s)
-
-    def _schedule_flush(self, delay_s: float = 0.0) -> None:
-        if self._flush_scheduled:
+        if self._insert_flush_timer is not None:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._flush()  # no loop (tests): send right away
+            self._flush_inserts()  # no loop (tests): send right away
             return
-        self._flush_scheduled = True
-        if delay_s > 0:
-            loop.call_later(delay_s, self._flush)
+        if self._insert_flush_interval_s > 0:
+            self._insert_flush_timer = loop.call_later(
+                self._insert_flush_interval_s, self._flush_inserts
+            )
         else:
-            loop.call_soon(self._flush)
+            self._insert_flush_timer = loop.call_soon(self._flush_inserts)
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        self._flush_inserts()
-        self._flush_matches()
+    def _schedule_match_flush(self) -> None:
+        if not self._match_flush_scheduled:
+            self._match_flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_matches)
 
     def _flush_inserts(self) -> None:
+        if self._insert_flush_timer is not None:
+            self._insert_flush_timer.cancel()
+            self._insert_flush_timer = None
         if not self._pending_inserts:
             return
         batch, self._pending_inserts = self._pending_inserts, []
@@ -460,18 +472,26 @@ class PrefixTreeClient:
             self._submit_to(self._handle, "__ray_call__", _insert_many, batch)
 
     def _flush_matches(self) -> None:
+        self._match_flush_scheduled = False
+        # Pending inserts go first: one caller's calls run in order.
+        self._flush_inserts()
         if not self._pending_matches:
             return
         batch, self._pending_matches = self._pending_matches, []
         handle = self._handle
-        if handle is None:
+        ref = None
+        if handle is not None:
+            try:
+                ref = handle.__ray_call__.remote(
+                    _match_many, [(text, tenants) for text, tenants, _ in batch]
+                )
+            except Exception as e:
+                logger.debug(f"Prefix tree match could not be submitted: {e!r}")
+        if ref is None:
             for _, _, fut in batch:
                 if not fut.done():
                     fut.set_result(None)
             return
-        ref = handle.__ray_call__.remote(
-            _match_many, [(text, tenants) for text, tenants, _ in batch]
-        )
         loop = asyncio.get_running_loop()
         task = loop.create_task(self._read(ref, handle))
 
@@ -535,7 +555,7 @@ class PrefixTreeClient:
         self.stats["shared_matches"] += 1
         future = asyncio.get_running_loop().create_future()
         self._pending_matches.append((text, tenants, future))
-        self._schedule_flush()
+        self._schedule_match_flush()
         return await future
 
     async def get_smallest_tenants(self) -> Optional[List[str]]:
@@ -543,4 +563,9 @@ class PrefixTreeClient:
         if not self.available:
             return None
         handle = self._handle
-        return await self._read(handle.get_smallest_tenants.remote(), handle)
+        try:
+            ref = handle.get_smallest_tenants.remote()
+        except Exception as e:
+            logger.debug(f"Prefix tree read could not be submitted: {e!r}")
+            return None
+        return await self._read(ref, handle)
