@@ -420,20 +420,41 @@ def write_png(demo: Demo, path: str) -> bool:
     for r in records:
         sec = int(r["end"] - t0)
         (ok if r["ok"] else failed)[sec] += 1
+    per_second = collections.defaultdict(list)
+    for r in records:
+        per_second[int(r["end"] - t0)].append(r)
+    aff = [affinity(per_second[sec]) for sec in range(horizon)]
     fig, ax = plt.subplots(figsize=(10, 4))
     ax.plot(range(horizon), ok, label="ok req/s", color="tab:blue")
     ax.bar(range(horizon), failed, label="failed req/s", color="tab:red")
+    ax2 = ax.twinx()
+    ax2.plot(
+        range(horizon),
+        [float("nan") if a is None else a for a in aff],
+        label="affinity",
+        color="tab:green",
+        linestyle=":",
+    )
+    ax2.set_ylim(0, 1.05)
+    ax2.set_ylabel("prefix affinity (per second)")
     for e in demo.events:
         x = e["time"] - t0
         if 0 <= x <= horizon:
             ax.axvline(x, color="gray", linestyle="--", linewidth=1)
             ax.text(
-                x, max(ok) * 1.02 if ok else 1, e["event"], rotation=90, va="bottom"
+                x,
+                0.02,
+                " " + e["event"],
+                rotation=90,
+                va="bottom",
+                ha="right",
+                transform=ax.get_xaxis_transform(),
             )
     ax.set_xlabel("seconds")
     ax.set_ylabel("requests per second")
     ax.set_title("PrefixCacheAffinityRouter on deployment-scoped actors under faults")
-    ax.legend(loc="lower left")
+    ax.legend(loc="upper left")
+    ax2.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -91,6 +91,16 @@ async def closed_loop(handle, concurrency: int, duration_s: float, prompts) -> D
     }
 
 
+def make_prompts(prefixes: int = 8, prefix_chars: int = 2000) -> List[str]:
+    """The shared prefixes: ``prefixes`` distinct strings of ``prefix_chars``."""
+    return [
+        (f"[{p}] " + "The quick brown fox jumps over the lazy dog. " * 60)[
+            :prefix_chars
+        ]
+        for p in range(prefixes)
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -111,12 +121,7 @@ def main(argv=None) -> int:
     if args.smoke:
         args.duration_s, args.warmup_s = 2.0, 1.0
 
-    prompts = [
-        (f"[{p}] " + "The quick brown fox jumps over the lazy dog. " * 60)[
-            : args.prefix_chars
-        ]
-        for p in range(args.prefixes)
-    ]
+    prompts = make_prompts(args.prefixes, args.prefix_chars)
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     results = {"ray_version": ray.__version__, "runs": []}
     try:
