@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
@@ -344,13 +344,21 @@ def _read_checkpoint(
     return cloudpickle.loads(raw) if raw is not None else {}
 
 
-def _details(app_name: str, deployment_name: str) -> Dict[str, Dict[str, Any]]:
-    """Deployment actors in the instance details, by name."""
+def _details_list(app_name: str, deployment_name: str) -> List[Dict[str, Any]]:
+    """Deployment actors in the instance details, as listed."""
     details = ray.get(
         _controller().get_serve_instance_details.remote(), timeout=TIMEOUT_S
     )
     deployment = details["applications"][app_name]["deployments"][deployment_name]
-    return {a["name"]: a for a in deployment["deployment_actors"]}
+    return deployment["deployment_actors"]
+
+
+def _details(app_name: str, deployment_name: str) -> Dict[str, Dict[str, Any]]:
+    """Deployment actors in the instance details, by name."""
+    entries = _details_list(app_name, deployment_name)
+    by_name = {a["name"]: a for a in entries}
+    assert len(by_name) == len(entries), f"duplicate names: {entries}"
+    return by_name
 
 
 def _status_actors(app_name: str, deployment_name: str) -> Dict[str, str]:
@@ -364,11 +372,17 @@ def _status_actors(app_name: str, deployment_name: str) -> Dict[str, str]:
     }
 
 
-def _kill_controller_and_wait() -> None:
-    """Kill the controller (Ray restarts it) and wait for the new instance."""
+def _kill_controller_and_wait(while_down: Optional[Callable[[], None]] = None) -> None:
+    """Kill the controller (Ray restarts it) and wait for the new instance.
+
+    Args:
+        while_down: Called right after the kill, before the new instance is up.
+    """
     controller = _controller()
     old_pid = ray.get(controller.get_pid.remote(), timeout=TIMEOUT_S)
     ray.kill(controller, no_restart=False)
+    if while_down is not None:
+        while_down()
 
     def restarted() -> bool:
         pid = ray.get(_controller().get_pid.remote(), timeout=5)
@@ -722,6 +736,25 @@ def test_dead_actor_recreated_with_same_args(serve_instance, tracker_name):
     assert entry["restarts"] >= 1
     assert entry["actor_id"] == _actor_id(live)
 
+    # Dead while the controller is down: the new controller recreates it.
+    second_id = _actor_id(live)
+    _kill_controller_and_wait(while_down=lambda: ray.kill(live, no_restart=True))
+
+    def recreated_after_recovery() -> bool:
+        again = _get_or_create(TARGET_ID, "phoenix", Counter, 999)
+        return (
+            _actor_id(again) not in (old_id, second_id)
+            and ray.get(again.value.remote(), timeout=5) == 7
+        )
+
+    wait_for_condition(recreated_after_recovery, timeout=TIMEOUT_S)
+    assert _is_dead(live)
+    assert len(_events(tracker_name)) == 3
+    wait_for_condition(
+        lambda: _status_actors(APP, "Target") == {"phoenix": "RUNNING"},
+        timeout=TIMEOUT_S,
+    )
+
 
 def test_constructor_that_always_raises(serve_instance, tracker_name):
     """Bounded attempts, then FAILED in serve.status(); replicas keep serving."""
@@ -876,6 +909,48 @@ def test_declarative_deployment_actors_unchanged(serve_instance):
     assert not any(
         n.startswith(f"{SCOPED_PREFIX}{app}::") for n in _serve_actor_names()
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "Bug: get_or_create_deployment_actor does not check the deployment's "
+        "declarative deployment_actors, so a runtime actor can take the name of a "
+        "declarative one: two actors named 'd', get_deployment_actor_handle "
+        "returns the runtime one while replicas get the declarative one, and "
+        "serve.status() shows only one of them."
+    ),
+)
+def test_runtime_name_cannot_shadow_declarative_actor(serve_instance):
+    """A declarative actor's name is not reused for a second, runtime actor."""
+    app = "shadowed"
+    dep_id = DeploymentID(name="UsesDeclared", app_name=app)
+    deployment = UsesDeclared.options(
+        deployment_actors=[
+            DeploymentActorConfig(
+                name="d",
+                actor_class=DeclaredActor,
+                init_kwargs={"greeting": "declared"},
+                actor_options={"num_cpus": 0},
+            )
+        ]
+    )
+    handle = serve.run(deployment.bind(), name=app, route_prefix=None)
+    declared_id = handle.remote().result(timeout_s=TIMEOUT_S)["actor_id"]
+
+    # Either a clear refusal or the declarative actor itself is fine.
+    try:
+        got = _get_or_create(dep_id, "d", DeclaredActor, "runtime")
+    except ValueError as e:
+        assert "'d'" in str(e)
+    else:
+        assert _actor_id(got) == declared_id
+
+    assert _name_is_free(_expected_ray_name(dep_id, "d"))
+    assert _actor_id(_get_handle(dep_id, "d")) == declared_id
+    assert handle.remote().result(timeout_s=TIMEOUT_S)["actor_id"] == declared_id
+    entries = _details_list(app, "UsesDeclared")
+    assert [(a["name"], a["created_by"]) for a in entries] == [("d", "config")]
 
 
 # --------------------------------------------------------------------------- #
