@@ -153,6 +153,8 @@ class _ScopedActorRecord:
     # Gave up after DEPLOYMENT_SCOPED_ACTOR_MAX_START_ATTEMPTS failed starts.
     failed: bool = False
     message: str = ""
+    # Warned once that a caller asked with other constructor arguments.
+    warned_args: bool = False
 
 
 class DeploymentScopedActorManager:
@@ -340,6 +342,7 @@ class DeploymentScopedActorManager:
         actor_cls, options = split_actor_class(actor_class)
         rec = self._records.get(deployment_id, {}).get(actor_name)
         if rec is not None:
+            self._warn_if_other_args(deployment_id, rec, args, kwargs)
             return self._get_existing(deployment_id, rec, actor_cls, deployment_state)
 
         try:
@@ -381,6 +384,26 @@ class DeploymentScopedActorManager:
             f"({actor_class_path(actor_cls)}) as '{wrapper._actor_name}'."
         )
         return wrapper.handle
+
+    @staticmethod
+    def _warn_if_other_args(deployment_id, rec: _ScopedActorRecord, args, kwargs):
+        """Log once if a caller passes other constructor arguments (ignored)."""
+        if rec.warned_args or (not args and not kwargs):
+            return
+        try:
+            same = cloudpickle.dumps((tuple(args), dict(kwargs))) == cloudpickle.dumps(
+                (tuple(rec.config.init_args), dict(rec.config.init_kwargs))
+            )
+        except Exception:
+            same = False
+        if not same:
+            rec.warned_args = True
+            logger.warning(
+                f"Deployment actor '{rec.config.name}' of {deployment_id} already "
+                "exists; the constructor arguments of this call differ from the "
+                "ones it was created with and are ignored. Delete the deployment "
+                "(or use another name) to create it with new arguments."
+            )
 
     def _get_existing(
         self, deployment_id, rec: _ScopedActorRecord, actor_cls, deployment_state

@@ -1,5 +1,6 @@
 """Deployment-scoped actors for custom request routers (public, alpha)."""
 
+import asyncio
 from typing import Any, Dict, Optional
 
 from ray.actor import ActorHandle
@@ -38,6 +39,7 @@ class DeploymentActorMixin:
     """
 
     _deployment_actor_handles: Optional[Dict[str, ActorHandle]] = None
+    _deployment_actor_lookups: Optional[Dict[str, "asyncio.Future"]] = None
 
     async def get_or_create_deployment_actor(
         self,
@@ -67,17 +69,26 @@ class DeploymentActorMixin:
         """
         if self._deployment_actor_handles is None:
             self._deployment_actor_handles = {}
+            self._deployment_actor_lookups = {}
         handle = self._deployment_actor_handles.get(actor_name)
-        if handle is None or refresh:
-            handle = await get_or_create_deployment_actor_async(
-                self._deployment_id,
-                actor_name,
-                actor_class,
-                *args,
-                timeout_s=timeout_s,
-                **kwargs,
+        if handle is not None and not refresh:
+            return handle
+        # Concurrent callers (many routing tasks at start-up) share one lookup.
+        lookup = self._deployment_actor_lookups.get(actor_name)
+        if lookup is None or lookup.done():
+            lookup = asyncio.ensure_future(
+                get_or_create_deployment_actor_async(
+                    self._deployment_id,
+                    actor_name,
+                    actor_class,
+                    *args,
+                    timeout_s=timeout_s,
+                    **kwargs,
+                )
             )
-            self._deployment_actor_handles[actor_name] = handle
+            self._deployment_actor_lookups[actor_name] = lookup
+        handle = await asyncio.shield(lookup)
+        self._deployment_actor_handles[actor_name] = handle
         return handle
 
     async def get_deployment_actor(
