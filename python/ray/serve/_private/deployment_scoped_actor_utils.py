@@ -149,6 +149,9 @@ def _get_controller() -> ActorHandle:
     """The Serve controller's handle (cached by Serve in every Serve process)."""
     from ray.serve.context import _get_global_client
 
+    if not ray.is_initialized():
+        # Never let a background lookup start a new local Ray instance.
+        raise RuntimeError("Ray is not initialized; no Serve controller to ask.")
     client = _get_global_client(raise_if_no_controller_running=False)
     if client is not None:
         return client._controller

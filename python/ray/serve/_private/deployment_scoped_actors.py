@@ -339,6 +339,16 @@ class DeploymentScopedActorManager:
                 f"Cannot get or create deployment actor '{actor_name}': "
                 f"{deployment_id} is being deleted."
             )
+        declarative = {
+            cfg.name for cfg in deployment_state._get_deployment_actors_configs()
+        }
+        if actor_name in declarative:
+            raise ValueError(
+                f"'{actor_name}' is a declarative deployment actor of "
+                f"{deployment_id} (deployment_actors=[...]); look it up with "
+                "serve.get_deployment_actor() or get_deployment_actor_handle() "
+                "instead of creating another actor under its name."
+            )
         actor_cls, options = split_actor_class(actor_class)
         rec = self._records.get(deployment_id, {}).get(actor_name)
         if rec is not None:

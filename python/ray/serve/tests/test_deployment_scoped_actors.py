@@ -183,7 +183,7 @@ class Caller:
             Counter,
             0,
             tracker_name,
-            timeout_s=60,
+            timeout_s=TIMEOUT_S,
         )
         return handle._actor_id.hex()
 
@@ -211,10 +211,12 @@ class Owner:
         if actor is None:
             return
         try:
-            ray.get(actor.value.remote(), timeout=10)
+            ray.get(actor.value.remote(), timeout=15)
             outcome = "alive"
-        except Exception:
+        except RayActorError:
             outcome = "dead"
+        except Exception as e:
+            outcome = f"error:{type(e).__name__}"
         _record(self._tracker_name, f"del:{outcome}")
 
 
@@ -259,14 +261,14 @@ def _get_or_create(
         _controller().get_or_create_deployment_actor.remote(
             deployment_id, actor_name, actor_class, *args, **kwargs
         ),
-        timeout=60,
+        timeout=TIMEOUT_S,
     )
 
 
 def _get_handle(deployment_id: DeploymentID, actor_name: str):
     return ray.get(
         _controller().get_deployment_actor_handle.remote(deployment_id, actor_name),
-        timeout=60,
+        timeout=TIMEOUT_S,
     )
 
 
@@ -449,15 +451,15 @@ def test_concurrent_callers_get_one_actor(serve_instance, tracker_name):
             )
             for _ in range(n)
         ]
-        ids = [f.result(timeout=60) for f in futures]
-    ids += [_actor_id(h) for h in ray.get(refs, timeout=60)]
-    ids += [r.result(timeout_s=60) for r in replica_responses]
+        ids = [f.result(timeout=TIMEOUT_S) for f in futures]
+    ids += [_actor_id(h) for h in ray.get(refs, timeout=TIMEOUT_S)]
+    ids += [r.result(timeout_s=TIMEOUT_S) for r in replica_responses]
 
     assert len(ids) == 3 * n
     assert len(set(ids)) == 1, f"callers got different actors: {set(ids)}"
 
     ray_name = _expected_ray_name(TARGET_ID, "race")
-    assert [n for n in _scoped_actor_names() if "::Target::" in n] == [ray_name]
+    assert [x for x in _scoped_actor_names() if "::Target::" in x] == [ray_name]
     assert _actor_id(ray.get_actor(ray_name, namespace=SERVE_NAMESPACE)) == ids[0]
 
     # The constructor ran exactly once, in the actor all callers hold.
@@ -911,16 +913,6 @@ def test_declarative_deployment_actors_unchanged(serve_instance):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Bug: get_or_create_deployment_actor does not check the deployment's "
-        "declarative deployment_actors, so a runtime actor can take the name of a "
-        "declarative one: two actors named 'd', get_deployment_actor_handle "
-        "returns the runtime one while replicas get the declarative one, and "
-        "serve.status() shows only one of them."
-    ),
-)
 def test_runtime_name_cannot_shadow_declarative_actor(serve_instance):
     """A declarative actor's name is not reused for a second, runtime actor."""
     app = "shadowed"

@@ -40,6 +40,8 @@ from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_tree import (
 )
 from ray.serve._private.common import DeploymentID
 from ray.serve._private.constants import SERVE_LOGGER_NAME, SERVE_NAMESPACE
+from ray.serve._private.exceptions import DeploymentIsBeingDeletedError
+from ray.serve.exceptions import RayServeException
 
 logger = logging.getLogger(SERVE_LOGGER_NAME)
 
@@ -87,6 +89,8 @@ def _match_many(
 
 def _replica_actor_exists(replica_id_str: str) -> bool:
     """Whether the replica's (named, detached) actor still exists. Blocking."""
+    if not ray.is_initialized():
+        return True  # never start Ray from a background thread
     try:
         ray.get_actor(replica_id_str, namespace=SERVE_NAMESPACE)
         return True
@@ -167,6 +171,9 @@ class PrefixTreeClient:
         self._initial_wait_done = self._ready
         self._dead_actor_id: Optional[Any] = None
         self._resolve_task: Optional[asyncio.Task] = None
+        # The controller said the deployment is gone (deleted, or Serve shut
+        # down): stop asking until the router gets replicas again.
+        self._deployment_gone = False
         self._prune_task: Optional[asyncio.Task] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._consecutive_timeouts = 0
@@ -219,6 +226,8 @@ class PrefixTreeClient:
         except RuntimeError:
             return
         self._loop = loop
+        if self._deployment_gone:
+            return
         if (
             self._handle is None
             and self._resolve_fn is not None
@@ -304,6 +313,15 @@ class PrefixTreeClient:
                 return
             except asyncio.CancelledError:
                 raise
+            except (ValueError, DeploymentIsBeingDeletedError, RayServeException) as e:
+                # The controller refused: the deployment was deleted or Serve
+                # is shutting down. Retrying would only recreate nothing.
+                self._deployment_gone = True
+                logger.info(
+                    f"Not resolving the prefix tree of {self._deployment_id}: "
+                    f"{type(e).__name__}: {e}"
+                )
+                return
             except Exception as e:
                 logger.info(
                     f"Prefix tree of {self._deployment_id} not available yet, "
@@ -325,8 +343,10 @@ class PrefixTreeClient:
             handle.start_eviction_loop.remote(*self._eviction_args)
 
     async def _prune_loop(self) -> None:
-        while True:
+        while not self._deployment_gone:
             await asyncio.sleep(self._prune_interval_s * random.uniform(0.8, 1.2))
+            if not self._get_current_tenants():
+                continue
             try:
                 await self.prune_dead_tenants()
             except asyncio.CancelledError:
@@ -421,6 +441,10 @@ class PrefixTreeClient:
 
     def add_tenants(self, tenants: List[str]) -> None:
         if tenants:
+            if self._deployment_gone:
+                # Replicas again (e.g. the app was redeployed): resolve anew.
+                self._deployment_gone = False
+                self.ensure_started()
             now = time.time()
             if self._local is not None:
                 self._local.add_tenants(tenants, now)
