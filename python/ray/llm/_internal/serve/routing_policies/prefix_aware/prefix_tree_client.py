@@ -291,8 +291,11 @@ class PrefixTreeClient:
                 )
                 self.stats["resolves"] += 1
                 if handle._actor_id == self._dead_actor_id:
-                    # The controller has not noticed the death yet.
-                    raise RuntimeError("the controller returned the dead tree")
+                    # The controller has not noticed the death yet; asking
+                    # made it health-check the tree on its next loop tick, so
+                    # ask again soon instead of backing off.
+                    await asyncio.sleep(self._backoff_initial_s)
+                    continue
                 # Writes from now on go to the new tree; reads once refilled.
                 self._handle = handle
                 try:
