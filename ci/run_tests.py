@@ -10,8 +10,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import List, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class Command(NamedTuple):
+    """A suite that is a plain command, not pytest: argv after the venv's python."""
+
+    argv: List[str]
+
 
 SUITES = [
     ("patch tools", ["ci"]),
@@ -28,6 +36,36 @@ SUITES = [
         ],
     ),
     ("chaos smoke", ["python/ray/serve/tests", "-m", "chaos"]),
+    # The release workloads in smoke mode (`make release-smoke` runs the whole
+    # soak smoke; here one scenario, as the chaos smoke above runs them all).
+    (
+        "release smoke",
+        Command(
+            [
+                "release/serve_tests/workloads/deployment_actor_scale.py",
+                "--smoke",
+                "--output",
+                "out/release-smoke/deployment_actor_scale.json",
+            ]
+        ),
+    ),
+    (
+        "soak smoke",
+        Command(
+            [
+                "release/serve_tests/workloads/deployment_actor_chaos.py",
+                "--smoke",
+                "--scenarios",
+                "tree_kill",
+                "--output",
+                "out/release-smoke/deployment_actor_chaos.json",
+                "--output-dir",
+                "out/release-smoke/chaos",
+            ]
+        ),
+    ),
+    # Stock Ray 2.60.0 vs the patched wheel, short (`make bench-smoke`).
+    ("bench smoke", Command(["ci/bench.py", "--smoke"])),
 ]
 
 
@@ -40,20 +78,27 @@ def main() -> int:
     for name, targets in SUITES:
         if args.only and name not in args.only:
             continue
-        paths = [t for t in targets if not t.startswith("-") and "/" in t or t == "ci"]
-        targets = [
-            t
-            for t in targets
-            if t.startswith("-") or t in ("not chaos", "chaos") or (ROOT / t).exists()
-        ]
-        if not any((ROOT / p).exists() for p in paths):
-            continue
+        if isinstance(targets, Command):
+            cmd = [args.python, *targets.argv]
+        else:
+            paths = [
+                t for t in targets if not t.startswith("-") and "/" in t or t == "ci"
+            ]
+            targets = [
+                t
+                for t in targets
+                if t.startswith("-")
+                or t in ("not chaos", "chaos")
+                or (ROOT / t).exists()
+            ]
+            if not any((ROOT / p).exists() for p in paths):
+                continue
+            cmd = [args.python, "-m", "pytest", "-c", "pyproject.toml", *targets]
         print(f"\n===== {name} =====", flush=True)
         start = time.monotonic()
-        cmd = [args.python, "-m", "pytest", "-c", "pyproject.toml", *targets]
         rc = subprocess.run(cmd, cwd=ROOT).returncode
         # pytest exits 5 when a marker selects nothing; that suite is just empty.
-        if rc == 5:
+        if rc == 5 and not isinstance(targets, Command):
             rc = 0
         results.append((name, rc, time.monotonic() - start))
     print("\n===== make test summary =====")

@@ -19,8 +19,13 @@ from dataclasses import dataclass
 from typing import Dict, List
 
 import ray
-from ray import serve
+from ray import cloudpickle, serve
 from ray.serve.config import RequestRouterConfig
+
+if __name__ != "__main__":
+    # Imported (by another workload, or by ci/bench.py running several in one
+    # process): replicas cannot import this file, so ship its classes by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 PREFIX_ROUTER = (
     "ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_router:"
@@ -122,7 +127,12 @@ def main(argv=None) -> int:
         args.duration_s, args.warmup_s = 2.0, 1.0
 
     prompts = make_prompts(args.prefixes, args.prefix_chars)
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # Inside an existing Ray (ci/bench.py --shared-cluster), leave it running.
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        ray.init(
+            address="local", num_cpus=4, include_dashboard=False, log_to_driver=False
+        )
     results = {"ray_version": ray.__version__, "runs": []}
     try:
         from importlib.metadata import version
@@ -149,7 +159,8 @@ def main(argv=None) -> int:
             serve.delete(f"bench_{router}")
         serve.shutdown()
     finally:
-        ray.shutdown()
+        if owns_ray:
+            ray.shutdown()
     if args.output:
         with open(args.output, "w") as f:
             json.dump(results, f, indent=2)

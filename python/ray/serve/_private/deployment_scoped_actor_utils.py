@@ -145,6 +145,18 @@ def actor_class_path(actor_class: ActorClass) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+def requested_class_path(actor_class: Any) -> str:
+    """``module:qualname`` of what a caller passed, without creating anything.
+
+    The warm path of get-or-create only compares this with the existing actor's
+    class, so it must not wrap plain classes with ``ray.remote``.
+    """
+    if isinstance(actor_class, type) and not isinstance(actor_class, ActorClass):
+        return f"{actor_class.__module__}:{actor_class.__qualname__}"
+    cls, _ = split_actor_class(actor_class)
+    return actor_class_path(cls)
+
+
 def _get_controller() -> ActorHandle:
     """The Serve controller's handle (cached by Serve in every Serve process)."""
     from ray.serve.context import _get_global_client

@@ -44,6 +44,7 @@ from ray.serve._private.deployment_scoped_actor_utils import (
     actor_class_path,
     get_deployment_scoped_actor_name,
     parse_deployment_scoped_actor_name,
+    requested_class_path,
     split_actor_class,
     validate_deployment_scoped_actor_name,
 )
@@ -349,11 +350,17 @@ class DeploymentScopedActorManager:
                 "serve.get_deployment_actor() or get_deployment_actor_handle() "
                 "instead of creating another actor under its name."
             )
-        actor_cls, options = split_actor_class(actor_class)
         rec = self._records.get(deployment_id, {}).get(actor_name)
         if rec is not None:
+            # Warm path: no class wrapping, no serialization.
             self._warn_if_other_args(deployment_id, rec, args, kwargs)
-            return self._get_existing(deployment_id, rec, actor_cls, deployment_state)
+            return self._get_existing(
+                deployment_id,
+                rec,
+                requested_class_path(actor_class),
+                deployment_state,
+            )
+        actor_cls, options = split_actor_class(actor_class)
 
         try:
             config = DeploymentActorConfig(
@@ -416,9 +423,8 @@ class DeploymentScopedActorManager:
             )
 
     def _get_existing(
-        self, deployment_id, rec: _ScopedActorRecord, actor_cls, deployment_state
+        self, deployment_id, rec: _ScopedActorRecord, requested: str, deployment_state
     ) -> ActorHandle:
-        requested = actor_class_path(actor_cls)
         if requested != rec.config.actor_class:
             raise ValueError(
                 f"Deployment actor '{rec.config.name}' of {deployment_id} already "
