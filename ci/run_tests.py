@@ -23,7 +23,13 @@ class Command(NamedTuple):
 
 SUITES = [
     ("patch tools", ["ci"]),
-    ("unit", ["python/ray/serve/tests/unit"]),
+    (
+        "unit",
+        [
+            "python/ray/serve/tests/unit",
+            "python/ray/llm/tests/serve/cpu/deployments/routers/unit",
+        ],
+    ),
     (
         "integration",
         [
@@ -31,6 +37,7 @@ SUITES = [
             "python/ray/llm/tests",
             "doc",
             "--ignore=python/ray/serve/tests/unit",
+            "--ignore=python/ray/llm/tests/serve/cpu/deployments/routers/unit",
             "-m",
             "not chaos",
         ],
@@ -106,6 +113,8 @@ def main() -> int:
         print(f"{name:<12} {'ok' if rc == 0 else 'FAILED':<7} {secs:7.1f} s")
     total = sum(r[2] for r in results)
     print(f"{'total':<12} {'':<7} {total:7.1f} s")
+    passed = sum(rc == 0 for _, rc, _ in results)
+    print(f"suites: {passed} passed, {len(results) - passed} failed")
     return 0 if all(rc == 0 for _, rc, _ in results) else 1
 
 
