@@ -48,6 +48,7 @@ def ray_instance():
         ray.shutdown()
     os.environ.setdefault("RAY_SERVE_DEPLOYMENT_ACTOR_HEALTH_CHECK_PERIOD_S", "1")
     ctx = ray.init(
+        address="local",
         num_cpus=8,
         include_dashboard=False,
         namespace="default_test_namespace",

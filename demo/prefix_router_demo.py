@@ -480,6 +480,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("RAY_SERVE_DEPLOYMENT_ACTOR_HEALTH_CHECK_PERIOD_S", "1")
         dash_port = free_port()
         ctx = ray.init(
+            address="local",
             include_dashboard=True,
             dashboard_host="127.0.0.1",
             dashboard_port=dash_port,

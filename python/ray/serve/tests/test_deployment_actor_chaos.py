@@ -91,16 +91,6 @@ def chaos_cfg():
         )
 
 
-_SUMMARIES: Dict[str, Dict[str, Any]] = {}
-
-
-def _scenario(name: str, cfg) -> Dict[str, Any]:
-    """Run a scenario once per module (later tests reuse its summary)."""
-    if name not in _SUMMARIES:
-        _SUMMARIES[name] = chaos.SCENARIOS[name](cfg)
-    return _SUMMARIES[name]
-
-
 def _assert_passed(summary: Dict[str, Any]) -> None:
     if summary.get("skipped"):
         pytest.skip(summary["skipped"])
@@ -135,7 +125,7 @@ def test_controller_kill(chaos_cfg):
 
 def test_tree_kill(chaos_cfg):
     """Killing the tree fails nothing; it is recreated and affinity returns."""
-    summary = _scenario("tree_kill", chaos_cfg)
+    summary = chaos.scenario_tree_kill(chaos_cfg)
     _assert_passed(summary)
     assert summary["requests"]["failed"] == 0
     for kill in summary["extra"]["tree_kills"]:

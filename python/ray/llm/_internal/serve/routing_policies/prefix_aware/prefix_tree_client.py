@@ -174,6 +174,7 @@ class PrefixTreeClient:
         # The controller said the deployment is gone (deleted, or Serve shut
         # down): stop asking until the router gets replicas again.
         self._deployment_gone = False
+        self._closed = False
         self._prune_task: Optional[asyncio.Task] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._consecutive_timeouts = 0
@@ -226,7 +227,7 @@ class PrefixTreeClient:
         except RuntimeError:
             return
         self._loop = loop
-        if self._deployment_gone:
+        if self._deployment_gone or self._closed:
             return
         if (
             self._handle is None
@@ -274,6 +275,8 @@ class PrefixTreeClient:
                     self._local.evict_tenant_by_lru(tenant, chars - target)
 
     def shutdown(self) -> None:
+        """Stop all background work for good (the router is going away)."""
+        self._closed = True
         for task in (self._resolve_task, self._prune_task, self._local_eviction_task):
             if task is not None and not task.done():
                 task.cancel()
@@ -284,7 +287,9 @@ class PrefixTreeClient:
 
     async def _resolve_loop(self) -> None:
         backoff = self._backoff_initial_s
-        while self._handle is None:
+        while self._handle is None and not self._closed:
+            if not ray.is_initialized():
+                return  # Ray was shut down in this process: nothing to ask.
             try:
                 handle = await asyncio.wait_for(
                     self._resolve_fn(), self._resolve_timeout_s
