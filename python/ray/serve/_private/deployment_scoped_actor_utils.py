@@ -157,13 +157,19 @@ def requested_class_path(actor_class: Any) -> str:
     return actor_class_path(cls)
 
 
+class NoServeControllerError(RuntimeError):
+    """Ray is not initialized in this process, so there is no controller to ask."""
+
+
 def _get_controller() -> ActorHandle:
     """The Serve controller's handle (cached by Serve in every Serve process)."""
     from ray.serve.context import _get_global_client
 
     if not ray.is_initialized():
         # Never let a background lookup start a new local Ray instance.
-        raise RuntimeError("Ray is not initialized; no Serve controller to ask.")
+        raise NoServeControllerError(
+            "Ray is not initialized; no Serve controller to ask."
+        )
     client = _get_global_client(raise_if_no_controller_running=False)
     if client is not None:
         return client._controller

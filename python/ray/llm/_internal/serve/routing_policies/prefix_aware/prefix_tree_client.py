@@ -40,6 +40,7 @@ from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_tree import (
 )
 from ray.serve._private.common import DeploymentID
 from ray.serve._private.constants import SERVE_LOGGER_NAME, SERVE_NAMESPACE
+from ray.serve._private.deployment_scoped_actor_utils import NoServeControllerError
 from ray.serve._private.exceptions import DeploymentIsBeingDeletedError
 from ray.serve.exceptions import RayServeException
 
@@ -288,8 +289,6 @@ class PrefixTreeClient:
     async def _resolve_loop(self) -> None:
         backoff = self._backoff_initial_s
         while self._handle is None and not self._closed:
-            if not ray.is_initialized():
-                return  # Ray was shut down in this process: nothing to ask.
             try:
                 handle = await asyncio.wait_for(
                     self._resolve_fn(), self._resolve_timeout_s
@@ -321,6 +320,8 @@ class PrefixTreeClient:
                 return
             except asyncio.CancelledError:
                 raise
+            except NoServeControllerError:
+                return  # Ray was shut down in this process: nothing to ask.
             except (ValueError, DeploymentIsBeingDeletedError, RayServeException) as e:
                 # The controller refused: the deployment was deleted or Serve
                 # is shutting down. Retrying would only recreate nothing.
