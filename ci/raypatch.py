@@ -529,40 +529,26 @@ def cmd_wheel(args) -> None:
         # Never let git discover an enclosing repository (this checkout): git
         # apply would then resolve paths against it and skip our files.
         apply_env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(staging))
-        for name in series:
-            proc = subprocess.run(
-                [
-                    "git",
-                    "apply",
-                    "-p2",
-                    "--whitespace=nowarn",
-                    str(args.patches_dir / name),
-                ],
+
+        def git_apply(*flags: str, patch: Path) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                ["git", "apply", "-p2", *flags, str(patch)],
                 cwd=tree,
                 env=apply_env,
                 capture_output=True,
                 text=True,
             )
+
+        for name in series:
+            patch = args.patches_dir / name
+            proc = git_apply("--whitespace=nowarn", patch=patch)
             if proc.returncode != 0:
                 raise PatchError(
                     f"patch {name} does not apply to the base wheel: file "
                     f"{_failing_file(proc.stderr)}\n{proc.stderr.strip()}"
                 )
             # Guard against a silent no-op: the patch must now be applied.
-            check = subprocess.run(
-                [
-                    "git",
-                    "apply",
-                    "-p2",
-                    "--reverse",
-                    "--check",
-                    str(args.patches_dir / name),
-                ],
-                cwd=tree,
-                env=apply_env,
-                capture_output=True,
-                text=True,
-            )
+            check = git_apply("--reverse", "--check", patch=patch)
             if check.returncode != 0 or "Skipped" in proc.stderr + check.stderr:
                 raise PatchError(f"patch {name} did not apply to the base wheel")
         for rel in overlay:
