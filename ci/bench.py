@@ -48,7 +48,7 @@ WORKLOADS: Dict[str, Tuple[str, List[str], List[str]]] = {
     "routing": (
         "prefix_router_bench.py",
         [],
-        ["--concurrency", "8", "--duration-s", "2", "--warmup-s", "2"],
+        ["--concurrency", "8", "--duration-s", "2", "--warmup-s", "2", "--rounds", "2"],
     ),
     "lifecycle": ("deployment_actor_lifecycle_bench.py", [], ["--smoke"]),
     "scale": ("controller_scale_bench.py", [], ["--smoke"]),

@@ -3,8 +3,10 @@
 Runs under any Ray 2.60.0 (stock or patched): 2 replicas of a trivial async
 model, driven closed-loop through a DeploymentHandle at several concurrency
 levels, with prompts that share one of a few long prefixes plus a unique
-suffix. Writes requests/s, p50/p99 latency and the affinity rate per router and
-concurrency to ``TEST_OUTPUT_JSON`` (or --output).
+suffix. Both routers' apps run side by side and their measurement windows
+alternate (--rounds per level, ABBA order), so that drift on a shared machine
+affects both alike. Writes requests/s, p50/p99 latency and the affinity rate
+per router and concurrency to ``TEST_OUTPUT_JSON`` (or --output).
 """
 
 import argparse
@@ -64,6 +66,7 @@ def affinity_rate(pairs: List[tuple]) -> float:
 
 
 async def closed_loop(handle, concurrency: int, duration_s: float, prompts) -> Dict:
+    """One closed-loop window; returns its raw latencies and (prefix, replica)."""
     latencies, pairs, failures = [], [], 0
     counter = iter(range(10**9))
     deadline = time.monotonic() + duration_s
@@ -84,15 +87,32 @@ async def closed_loop(handle, concurrency: int, duration_s: float, prompts) -> D
 
     start = time.monotonic()
     await asyncio.gather(*(caller() for _ in range(concurrency)))
-    elapsed = time.monotonic() - start
+    return {
+        "elapsed_s": time.monotonic() - start,
+        "latencies": latencies,
+        "pairs": pairs,
+        "failed": failures,
+    }
+
+
+def summarize(concurrency: int, windows: List[Dict]) -> Dict:
+    """Requests/s, p50/p99 and affinity over all windows of one router and level."""
+    latencies = [x for w in windows for x in w["latencies"]]
+    pairs = [x for w in windows for x in w["pairs"]]
+    elapsed = sum(w["elapsed_s"] for w in windows)
     return {
         "concurrency": concurrency,
+        "rounds": len(windows),
         "requests": len(latencies),
-        "failed": failures,
-        "req_per_s": len(latencies) / elapsed,
+        "failed": sum(w["failed"] for w in windows),
+        "req_per_s": len(latencies) / elapsed if elapsed else 0.0,
         "p50_ms": percentile(latencies, 0.5) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "affinity": affinity_rate(pairs),
+        # Per-window rates, to see the spread the aggregate hides.
+        "window_req_per_s": [
+            round(len(w["latencies"]) / w["elapsed_s"], 1) for w in windows
+        ],
     }
 
 
@@ -117,6 +137,12 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--warmup-s", type=float, default=3.0)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="alternating windows per router and level (--duration-s in all)",
+    )
     parser.add_argument("--prefixes", type=int, default=8)
     parser.add_argument("--prefix-chars", type=int, default=2000)
     parser.add_argument("--routers", nargs="+", default=["pow2", "prefix"])
@@ -124,7 +150,7 @@ def main(argv=None) -> int:
     parser.add_argument("--smoke", action="store_true", help="seconds, not minutes")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.duration_s, args.warmup_s = 2.0, 1.0
+        args.duration_s, args.warmup_s, args.rounds = 2.0, 1.0, 2
 
     prompts = make_prompts(args.prefixes, args.prefix_chars)
     # Inside an existing Ray (ci/bench.py --shared-cluster), leave it running.
@@ -139,23 +165,38 @@ def main(argv=None) -> int:
 
         results["distribution_version"] = version("ray")
         serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+        # Both apps run side by side, and their windows alternate (ABBA within
+        # each level), so that drift on a shared machine (other processes,
+        # caches, the order of runs) lands on both routers alike.
+        handles = {}
         for router in args.routers:
             options = {"name": "Model", "num_replicas": 2}
             if router == "prefix":
                 options["request_router_config"] = RequestRouterConfig(
                     request_router_class=PREFIX_ROUTER
                 )
-            handle = serve.run(
+            handles[router] = serve.run(
                 TrivialModel.options(**options).bind(),
                 name=f"bench_{router}",
                 route_prefix=None,
             )
-            asyncio.run(closed_loop(handle, 8, args.warmup_s, prompts))
-            for c in args.concurrency:
-                run = asyncio.run(closed_loop(handle, c, args.duration_s, prompts))
+        for router in args.routers:
+            asyncio.run(closed_loop(handles[router], 8, args.warmup_s, prompts))
+        window_s = args.duration_s / args.rounds
+        for c in args.concurrency:
+            windows = {router: [] for router in args.routers}
+            for r in range(args.rounds):
+                order = args.routers if r % 2 == 0 else args.routers[::-1]
+                for router in order:
+                    windows[router].append(
+                        asyncio.run(closed_loop(handles[router], c, window_s, prompts))
+                    )
+            for router in args.routers:
+                run = summarize(c, windows[router])
                 run["router"] = router
                 results["runs"].append(run)
                 print(json.dumps(run), flush=True)
+        for router in args.routers:
             serve.delete(f"bench_{router}")
         serve.shutdown()
     finally:
