@@ -60,8 +60,18 @@ AFFINITY_TARGET = 0.95
 class Noop:
     """The baseline: a plain actor with a no-op method."""
 
+    def __init__(self):
+        self._handle = None
+
     def ping(self) -> None:
         return None
+
+    def keep(self, handles: List[Any]) -> None:
+        self._handle = handles[0]
+
+    def handle_for(self, deployment_id: DeploymentID, name: str, cls: Any) -> Any:
+        """The floor of a warm call: same arguments, returns a kept handle."""
+        return self._handle
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, num_replicas=1)
@@ -89,6 +99,21 @@ def stats_ms(latencies_s: List[float]) -> Dict[str, float]:
         "p99": routing.percentile(latencies_s, 0.99) * 1000,
         "mean": (sum(latencies_s) / len(latencies_s) * 1000) if latencies_s else None,
     }
+
+
+def time_interleaved(
+    calls: Dict[str, Callable[[], Any]], n: int, warmup: int = 10
+) -> Dict[str, List[float]]:
+    """Run each call ``warmup`` + ``n`` times, alternating which goes first."""
+    names = list(calls)
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    for i in range(warmup + n):
+        for name in names if i % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            calls[name]()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return times
 
 
 def time_calls(call: Callable[[], Any], n: int, warmup: int = 10) -> List[float]:
@@ -154,10 +179,15 @@ def bench_get_or_create(args) -> Dict[str, Any]:
 
     The main actor is created as the prefix router creates its tree:
     ``PrefixTreeActor.options(num_cpus=0)``, an importable ``@ray.remote``
-    class. For the breakdown, warm calls are also timed with that class passed
-    as an ObjectRef (serialized once), with a plain importable class (pickled
-    by reference), and as a lookup without any class
-    (``get_deployment_actor_handle``).
+    class. Warm calls are timed as the router makes them (the class sent as an
+    ``ActorClassReference``), interleaved with no-op actor calls and with the
+    floor of such a call (a no-op method with the same arguments returning a
+    handle); then through ``get_or_create_deployment_actor_async`` against an
+    awaited no-op call. For the breakdown, warm calls are also timed as raw
+    controller calls with the ``options()`` wrapper (which Ray pickles by
+    value), with the class passed as an ObjectRef (serialized once), with a
+    plain importable class (pickled by reference), and as a lookup without any
+    class (``get_deployment_actor_handle``).
 
     Args:
         args: The parsed command line (--calls, --concurrent, --timeout-s).
@@ -171,6 +201,8 @@ def bench_get_or_create(args) -> Dict[str, Any]:
     )
     from ray.serve._private.deployment_scoped_actor_utils import (
         get_deployment_scoped_actor_name,
+        get_or_create_deployment_actor_async,
+        to_actor_class_reference,
     )
 
     actor_cls = PrefixTreeActor.options(num_cpus=0)
@@ -194,7 +226,64 @@ def bench_get_or_create(args) -> Dict[str, Any]:
     def warm(cls: Any = actor_cls, name: str = ACTOR_NAME) -> Callable[[], None]:
         return lambda: ids.add(actor_id(ray.get(get_or_create(name, cls))))
 
-    out["warm_ms"] = stats_ms(time_calls(warm(), args.calls))
+    # Warm calls as the prefix router makes them: the class goes as an
+    # ActorClassReference (what get_or_create_deployment_actor_async sends).
+    # Timed interleaved with no-op calls (alternating order), so that drift on
+    # a shared machine lands on both; also the floor of any such call: a no-op
+    # actor method with the same arguments that returns a handle.
+    noop = Noop.remote()
+    ray.get(noop.keep.remote([handle]))
+
+    def warm_ref() -> None:
+        ref = to_actor_class_reference(actor_cls)
+        ids.add(actor_id(ray.get(get_or_create(ACTOR_NAME, ref))))
+
+    timed = time_interleaved(
+        {
+            "noop": lambda: ray.get(noop.ping.remote()),
+            "warm": warm_ref,
+            "floor": lambda: ray.get(
+                noop.handle_for.remote(
+                    dep, ACTOR_NAME, to_actor_class_reference(actor_cls)
+                )
+            ),
+        },
+        args.calls,
+    )
+    out["noop_interleaved_ms"] = stats_ms(timed["noop"])
+    out["warm_ms"] = stats_ms(timed["warm"])
+    out["floor_same_args_handle_ms"] = stats_ms(timed["floor"])
+
+    # The same through the async helper, against an awaited no-op call, on one
+    # event loop that stays up (as a router's).
+    loop = asyncio.new_event_loop()
+
+    async def awaited_noop() -> None:
+        await noop.ping.remote()
+
+    async def helper_call() -> None:
+        ids.add(
+            actor_id(
+                await get_or_create_deployment_actor_async(dep, ACTOR_NAME, actor_cls)
+            )
+        )
+
+    try:
+        timed = time_interleaved(
+            {
+                "noop": lambda: loop.run_until_complete(awaited_noop()),
+                "helper": lambda: loop.run_until_complete(helper_call()),
+            },
+            args.calls,
+        )
+    finally:
+        loop.close()
+    ray.kill(noop)
+    out["noop_awaited_ms"] = stats_ms(timed["noop"])
+    out["warm_helper_ms"] = stats_ms(timed["helper"])
+    # The raw controller call with `ActorClass.options(...)`: Ray pickles the
+    # options wrapper, and with it the class, by value.
+    out["warm_raw_options_ms"] = stats_ms(time_calls(warm(), args.calls))
     cls_ref = ray.put(actor_cls)
     out["warm_class_ref_ms"] = stats_ms(time_calls(warm(cls_ref), args.calls))
     out["lookup_ms"] = stats_ms(

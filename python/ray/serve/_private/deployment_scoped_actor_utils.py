@@ -8,10 +8,14 @@ proxies and replicas can import it.
 """
 
 import asyncio
+import importlib
 import re
+import sys
+from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 import ray
+from ray import cloudpickle
 from ray.actor import ActorClass, ActorHandle
 from ray.serve._private.common import DeploymentID
 from ray.serve._private.constants import (
@@ -104,14 +108,102 @@ def parse_deployment_scoped_actor_name(
     return DeploymentID(name=_unescape(deployment), app_name=_unescape(app)), name
 
 
+@dataclass(frozen=True)
+class ActorClassReference:
+    """An importable Ray actor class by name, with its actor options.
+
+    What the client helpers send instead of ``MyActor.options(...)``: Ray
+    pickles the ``options()`` wrapper, and with it the actor class, by value
+    (tens of KB and milliseconds at both ends of every call), while the
+    controller can import the class it names. Only made for classes that
+    cloudpickle would pickle by reference anyway, so the controller needs no
+    import it would not have needed before.
+
+    Attributes:
+        module: The module that defines the actor class.
+        attr: The class's (possibly dotted) attribute path in that module.
+        options: The Ray actor options of the call (the class's defaults
+            merged with those of ``options()``).
+    """
+
+    module: str
+    attr: str
+    options: Dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self) -> ActorClass:
+        """Import the actor class; TypeError if it is not importable here."""
+        try:
+            obj: Any = importlib.import_module(self.module)
+            for part in self.attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as e:
+            raise TypeError(
+                f"Cannot import actor class {self.module}:{self.attr} in the "
+                f"Serve controller: {e}"
+            ) from None
+        if isinstance(obj, type) and not isinstance(obj, ActorClass):
+            obj = ray.remote(obj)
+        if not isinstance(obj, ActorClass):
+            raise TypeError(
+                f"{self.module}:{self.attr} is a {type(obj).__name__}, not an "
+                "actor class."
+            )
+        return obj
+
+
+def _importable_as(objs: Tuple[Any, ...], module_name: str, qualname: str) -> bool:
+    """Whether ``module_name``'s attribute path ``qualname`` is one of ``objs``,
+    and cloudpickle would pickle that module's classes by reference."""
+    if module_name in (None, "__main__") or "<locals>" in qualname:
+        return False
+    module = sys.modules.get(module_name)
+    if module is None:
+        return False
+    try:
+        if cloudpickle.cloudpickle._is_registered_pickle_by_value(module):
+            return False
+    except AttributeError:  # another cloudpickle: do not guess
+        return False
+    target: Any = module
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    return any(target is obj for obj in objs)
+
+
+def to_actor_class_reference(actor_class: Any) -> Any:
+    """``actor_class`` as an ``ActorClassReference`` when that is cheaper.
+
+    ``@ray.remote`` classes and ``ActorClass.options(...)`` wrappers whose
+    class is importable by name become a reference; anything else (plain
+    classes, which cloudpickle already sends by name, and classes defined in
+    ``__main__`` or registered to be pickled by value) is returned as is.
+    """
+    if isinstance(actor_class, ActorClassReference) or (
+        isinstance(actor_class, type) and not isinstance(actor_class, ActorClass)
+    ):
+        return actor_class
+    try:
+        cls, options = split_actor_class(actor_class)
+    except TypeError:
+        return actor_class  # let the controller report it
+    user_cls = cls.__ray_actor_class__
+    # `@ray.remote class A` names the ActorClass; `ray.remote(A)` the class.
+    if not _importable_as((cls, user_cls), user_cls.__module__, user_cls.__qualname__):
+        return actor_class
+    return ActorClassReference(user_cls.__module__, user_cls.__qualname__, options)
+
+
 def split_actor_class(actor_class: Any) -> Tuple[ActorClass, Dict[str, Any]]:
     """Split ``actor_class`` into a Ray actor class and its actor options.
 
-    Accepts a plain class, a ``@ray.remote(...)`` class, or the result of
-    ``ActorClass.options(...)``. Options the controller owns (name, namespace,
-    lifetime, get_if_exists, max_restarts) are dropped.
+    Accepts a plain class, a ``@ray.remote(...)`` class, the result of
+    ``ActorClass.options(...)``, or an ``ActorClassReference``. Options the
+    controller owns (name, namespace, lifetime, get_if_exists, max_restarts)
+    are dropped.
     """
-    if isinstance(actor_class, ActorClass):
+    if isinstance(actor_class, ActorClassReference):
+        cls, options = actor_class.resolve(), dict(actor_class.options)
+    elif isinstance(actor_class, ActorClass):
         cls, options = actor_class, dict(actor_class._default_options or {})
     elif isinstance(actor_class, type):
         cls, options = ray.remote(actor_class), {}
@@ -161,6 +253,14 @@ class NoServeControllerError(RuntimeError):
     """Ray is not initialized in this process, so there is no controller to ask."""
 
 
+def _cached_controller() -> Optional[ActorHandle]:
+    """The controller handle Serve already holds in this process, or None."""
+    from ray.serve import context
+
+    client = context._global_client
+    return client._controller if client is not None else None
+
+
 def _get_controller() -> ActorHandle:
     """The Serve controller's handle (cached by Serve in every Serve process)."""
     from ray.serve.context import _get_global_client
@@ -188,6 +288,8 @@ async def get_or_create_deployment_actor_async(
 
     For request routers and other code running on an event loop: the controller
     lookup runs in a thread when it is not cached, and the result is awaited.
+    An importable ``@ray.remote`` class or ``ActorClass.options(...)`` is sent
+    as an ``ActorClassReference`` (see there), which keeps warm calls cheap.
 
     Args:
         deployment_id: The deployment the actor belongs to.
@@ -201,8 +303,10 @@ async def get_or_create_deployment_actor_async(
         A handle to the live actor.
     """
 
+    actor_class = to_actor_class_reference(actor_class)
+
     async def call():
-        controller = await asyncio.to_thread(_get_controller)
+        controller = _cached_controller() or await asyncio.to_thread(_get_controller)
         ref = controller.get_or_create_deployment_actor.remote(
             deployment_id, actor_name, actor_class, *args, **kwargs
         )
@@ -226,7 +330,7 @@ async def get_deployment_actor_async(
     """
 
     async def call():
-        controller = await asyncio.to_thread(_get_controller)
+        controller = _cached_controller() or await asyncio.to_thread(_get_controller)
         ref = controller.get_deployment_actor_handle.remote(deployment_id, actor_name)
         return await asyncio.wrap_future(ref.future())
 

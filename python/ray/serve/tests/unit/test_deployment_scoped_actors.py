@@ -44,8 +44,11 @@ from ray.serve._private.deployment_scoped_actor_constants import (
     MAX_DEPLOYMENT_SCOPED_ACTOR_NAME_LENGTH,
 )
 from ray.serve._private.deployment_scoped_actor_utils import (
+    ActorClassReference,
     get_deployment_scoped_actor_name,
     parse_deployment_scoped_actor_name,
+    split_actor_class,
+    to_actor_class_reference,
     validate_deployment_scoped_actor_name,
 )
 from ray.serve._private.deployment_scoped_actors import DeploymentScopedActorWrapper
@@ -480,6 +483,83 @@ def test_plain_class_is_accepted(mock_scoped_actors_dsm):
     assert config.actor_class == f"{PlainActor.__module__}:PlainActor"
     assert get_or_create(dsm, actor_class=ray.remote(PlainActor)) is handle
     assert len(fake_cluster.started) == 1
+
+
+def test_actor_class_reference_is_small_and_resolves():
+    """``options()`` wrappers of importable classes travel by name."""
+    wrapper = PrefixTree.options(num_cpus=0.5, max_concurrency=4, name="mine")
+    ref = to_actor_class_reference(wrapper)
+
+    assert isinstance(ref, ActorClassReference)
+    assert (ref.module, ref.attr) == (__name__, "PrefixTree")
+    assert ref.options == {"num_cpus": 0.5, "max_concurrency": 4}
+    assert len(cloudpickle.dumps(ref)) * 10 < len(cloudpickle.dumps(wrapper))
+    assert split_actor_class(ref) == split_actor_class(wrapper)
+    # The @ray.remote class itself, and ray.remote(cls).options(...).
+    assert split_actor_class(to_actor_class_reference(PrefixTree)) == (PrefixTree, {})
+    cls, options = split_actor_class(
+        to_actor_class_reference(ray.remote(PlainActor).options(num_cpus=1))
+    )
+    assert cls.__ray_actor_class__ is PlainActor and options == {"num_cpus": 1}
+
+
+def test_actor_class_reference_only_for_classes_importable_by_name():
+    """Plain classes, local classes and by-value modules are sent as they are."""
+
+    @ray.remote
+    class Local:
+        pass
+
+    local = Local.options(num_cpus=1)
+    assert to_actor_class_reference(PlainActor) is PlainActor
+    assert to_actor_class_reference(local) is local
+    assert to_actor_class_reference("not a class") == "not a class"
+    module = sys.modules[PrefixTree.__ray_actor_class__.__module__]
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        wrapper = PrefixTree.options(num_cpus=1)
+        assert to_actor_class_reference(wrapper) is wrapper
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
+def test_get_or_create_with_a_reference(mock_scoped_actors_dsm):
+    """A reference creates what its wrapper would; either form finds the actor."""
+    create_dsm, _, kv_store = mock_scoped_actors_dsm
+    dsm = create_dsm()
+    deploy_running(dsm)
+    wrapper = PrefixTree.options(num_cpus=0.5)
+
+    handle = get_or_create(dsm, actor_class=to_actor_class_reference(wrapper))
+
+    config = checkpointed(kv_store)[TEST_DEPLOYMENT_ID]["tree"]
+    assert config.actor_class == _class_path(PrefixTree)
+    assert config.actor_options == {"num_cpus": 0.5}
+    assert get_or_create(dsm, actor_class=wrapper) is handle
+    assert get_or_create(dsm, actor_class=to_actor_class_reference(wrapper)) is handle
+    assert len(fake_cluster.started) == 1
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        ActorClassReference("no_such_module_60359", "Tree"),
+        ActorClassReference(__name__, "NoSuchClass"),
+        ActorClassReference(__name__, "TEST_DEPLOYMENT_ID"),
+    ],
+)
+def test_unresolvable_reference_is_rejected(mock_scoped_actors_dsm, ref):
+    """A reference the controller cannot import is a TypeError; nothing is left."""
+    create_dsm, _, kv_store = mock_scoped_actors_dsm
+    dsm = create_dsm()
+    deploy_running(dsm)
+
+    with pytest.raises(TypeError, match=ref.attr):
+        get_or_create(dsm, actor_class=ref)
+
+    assert checkpointed(kv_store) is None
+    assert fake_cluster.started == []
+    assert wrapper_of(dsm) is None
 
 
 def test_get_deployment_actor_handle(mock_scoped_actors_dsm):
