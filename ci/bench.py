@@ -425,6 +425,14 @@ def targets(results: Dict[str, Dict[str, Any]], summary: Dict[str, Any]):
         if top != 50:
             name = name.replace("50 deployments", f"{top} deployments; target at 50")
         add(name, "PASS" if x is not None and x <= 1.2 else "MISS", fmt_x(x) + label)
+        row = next((r for r in summary.get("scale", []) if r["deployments"] == top), {})
+        if row.get("patched_plain") is not None:
+            found[-1]["value"] += (
+                f" (with {top} plain, unmanaged actors instead: "
+                f"{fmt_x(row.get('plain_without'))}; managed vs plain: "
+                f"{fmt_x(row.get('with_plain'))}; controller CPU per step "
+                f"{fmt_x(ratio(row.get('patched_actors_cpu'), row.get('patched_cpu')))})"
+            )
     return found
 
 
@@ -584,7 +592,18 @@ def build_summary(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
             row[key] = run["step_ms_p50"] if run else None
             row[key + "_mean"] = run["step_ms_mean"] if run else None
             row[key + "_cpu"] = run.get("controller_cpu_ms_per_step") if run else None
+        plain = {
+            r["deployments"]: r
+            for r in results["patched"].get("scale", {}).get("plain_actor_runs", [])
+        }.get(n)
+        row["patched_plain"] = plain["step_ms_p50"] if plain else None
+        row["patched_plain_mean"] = plain["step_ms_mean"] if plain else None
+        row["patched_plain_cpu"] = (
+            plain.get("controller_cpu_ms_per_step") if plain else None
+        )
         row["with_without"] = ratio(row["patched_actors"], row["patched"])
+        row["plain_without"] = ratio(row["patched_plain"], row["patched"])
+        row["with_plain"] = ratio(row["patched_actors"], row["patched_plain"])
         scale.append(row)
     summary["scale"] = scale
     summary["targets"] = targets(results, summary)
@@ -677,9 +696,9 @@ def report(report_data: Dict[str, Any]) -> str:
             + [
                 f"{fmt(row[k], '', 1)} / {fmt(row[k + '_mean'], '', 1)}"
                 f" / {fmt(row[k + '_cpu'], '', 1)}"
-                for k in ("stock", "patched", "patched_actors")
+                for k in ("stock", "patched", "patched_actors", "patched_plain")
             ]
-            + [fmt_x(row["with_without"])]
+            + [fmt_x(row["with_without"]), fmt_x(row["with_plain"])]
         )
     if len(summary["scale"]) > 1:
         first, last = summary["scale"][0], summary["scale"][-1]
@@ -689,7 +708,7 @@ def report(report_data: Dict[str, Any]) -> str:
                 fmt_x(ratio(last[k], first[k]))
                 for k in ("stock", "patched", "patched_actors")
             ]
-            + [""]
+            + ["", "", ""]
         )
     lines.append(
         table(
@@ -698,7 +717,9 @@ def report(report_data: Dict[str, Any]) -> str:
                 "stock, no actors",
                 "patched, no actors",
                 "patched, 1 actor each",
+                "patched, N plain actors",
                 "with/without",
+                "with/plain",
             ],
             rows,
         )

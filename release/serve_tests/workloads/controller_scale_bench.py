@@ -7,7 +7,10 @@ Serve controller's control-loop step time in steady state, as Serve records it
 last 100 steps). With --with-actors (patched Ray only) it then gives every
 deployment one controller-managed deployment actor and samples again, for each
 N in descending order (deleting applications in between); --actor-levels
-limits that to some N.
+limits that to some N. Before that, at the largest N, it samples once more
+with N plain actors of the same class that Serve does not manage (the control:
+what N more actor processes cost the machine, and so the controller's wall
+time, without any controller work for them).
 
 The step time is taken from the raw durations the controller's health metrics
 tracker holds, restricted to the steps run after the settle time, so that the
@@ -182,6 +185,17 @@ def add_actors(start: int, stop: int) -> float:
     return time.monotonic() - t0
 
 
+def plain_actors(n: int) -> List[Any]:
+    """N actors of the deployment actors' class, not managed by Serve."""
+    from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_tree import (
+        PrefixTreeActor,
+    )
+
+    actors = [PrefixTreeActor.options(num_cpus=0).remote() for _ in range(n)]
+    ray.get([a.__ray_ready__.remote() for a in actors])
+    return actors
+
+
 def is_patched() -> bool:
     """Whether this Ray has controller-managed deployment-scoped actors."""
     try:
@@ -208,6 +222,12 @@ def main(argv=None) -> int:
         nargs="+",
         help="numbers of deployments to measure with actors (default: all)",
     )
+    parser.add_argument(
+        "--plain-control",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --with-actors, also sample with N plain (unmanaged) actors",
+    )
     parser.add_argument("--timeout-s", type=float, default=300.0)
     parser.add_argument("--output", default=os.environ.get("TEST_OUTPUT_JSON"))
     parser.add_argument("--smoke", action="store_true", help="seconds, not minutes")
@@ -232,6 +252,7 @@ def main(argv=None) -> int:
         "settle_s": args.settle_s,
         "measure_s": args.measure_s,
         "runs": [],
+        "plain_actor_runs": [],
     }
     runs: List[Dict[str, Any]] = results["runs"]
     # Inside an existing Ray (ci/bench.py --shared-cluster), leave it running.
@@ -249,6 +270,20 @@ def main(argv=None) -> int:
             run = {"deployments": n, "actors": False, "setup_s": deploy_s}
             run.update(sample_step_time(args.settle_s, args.measure_s))
             runs.append(run)
+            print(json.dumps(run), flush=True)
+        if args.with_actors and args.plain_control and actor_levels:
+            n = actor_levels[-1]
+            if n < deployed:
+                delete_apps(n, deployed, args.timeout_s)
+                deployed = n
+            t0 = time.monotonic()
+            plain = plain_actors(n)
+            run = {"deployments": n, "plain_actors": n}
+            run["setup_s"] = time.monotonic() - t0
+            run.update(sample_step_time(args.settle_s, args.measure_s))
+            for actor in plain:
+                ray.kill(actor)
+            results["plain_actor_runs"].append(run)
             print(json.dumps(run), flush=True)
         if args.with_actors:
             with_actors = 0

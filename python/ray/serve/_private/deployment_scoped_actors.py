@@ -33,7 +33,11 @@ from ray import cloudpickle
 from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 from ray.serve._private.common import DeploymentID
-from ray.serve._private.constants import SERVE_LOGGER_NAME, SERVE_NAMESPACE
+from ray.serve._private.constants import (
+    DEPLOYMENT_ACTOR_HEALTH_CHECK_PERIOD_S,
+    SERVE_LOGGER_NAME,
+    SERVE_NAMESPACE,
+)
 from ray.serve._private.deployment_scoped_actor_constants import (
     DEPLOYMENT_SCOPED_ACTOR_MAX_RESTART_BACKOFF_S,
     DEPLOYMENT_SCOPED_ACTOR_MAX_START_ATTEMPTS,
@@ -101,6 +105,21 @@ class DeploymentScopedActorWrapper(DeploymentActorWrapper):
         """Health-check on the next control loop tick instead of at the period."""
         if self._health_check_ref is None:
             self._last_health_check_time = 0.0
+
+    def health_check_due(self, now: float) -> bool:
+        """Whether ``check_health`` has anything to do at ``now``.
+
+        True while a health check is outstanding, once the actor is marked
+        unhealthy, and from 0.9x the (randomized 0.9x-1.1x) period after the
+        last check. The control loop skips the actor otherwise, so a step costs
+        nothing per idle actor.
+        """
+        if self._health_check_ref is not None or not self._healthy:
+            return True
+        return (
+            now - self._last_health_check_time
+            > 0.9 * DEPLOYMENT_ACTOR_HEALTH_CHECK_PERIOD_S
+        )
 
     @staticmethod
     def lookup(ray_actor_name: str) -> Optional[ActorHandle]:
@@ -542,34 +561,17 @@ class DeploymentScopedActorManager:
                 continue
             container = self._container(dep_id)
             pending = [DeploymentActorState.STARTING, DeploymentActorState.RECOVERING]
-            for state, entry in container.pop(states=pending):
-                wrapper, rec = entry.wrapper, recs[entry.name]
-                ready, error = wrapper.check_ready()
-                if ready:
-                    wrapper.reset_health_state_after_running()
-                    container.add(DeploymentActorState.RUNNING, wrapper)
-                    self._node_id(wrapper.handle)  # ask early, for details
-                    rec.failed_starts = 0
-                    rec.running_since = time.time()
-                    rec.message = ""
-                elif error is not None:
-                    wrapper.kill()
-                    self._on_failed_start(dep_id, rec, error)
-                else:
-                    container.add(state, wrapper)
-            for _, entry in container.pop(states=[DeploymentActorState.RUNNING]):
-                wrapper, rec = entry.wrapper, recs[entry.name]
-                if wrapper.check_health():
-                    container.add(DeploymentActorState.RUNNING, wrapper)
-                    continue
-                logger.warning(
-                    f"Deployment actor '{entry.name}' of {dep_id} is unhealthy or "
-                    "dead; recreating it with the same arguments."
-                )
-                wrapper.kill()
-                self._drop_node_id(wrapper)
-                self._schedule_recreation(rec)
-                self._count("recreated", dep_id)
+            if container.get(states=pending):
+                self._update_pending(dep_id, recs, container, pending)
+            # Only actors with a health check outstanding or due are touched.
+            now = time.time()
+            unhealthy = [
+                wrapper
+                for wrapper in container.get(states=[DeploymentActorState.RUNNING])
+                if wrapper.health_check_due(now) and not wrapper.check_health()
+            ]
+            if unhealthy:
+                self._recreate_unhealthy(dep_id, recs, container, unhealthy)
             now = time.time()
             runtime_env = None
             for rec in recs.values():
@@ -577,6 +579,41 @@ class DeploymentScopedActorManager:
                     if runtime_env is None:
                         runtime_env = self._runtime_env(deployment_state)
                     self._start(dep_id, rec, runtime_env)
+
+    def _update_pending(self, dep_id, recs, container, pending) -> None:
+        """Move started actors that answer to RUNNING; handle failed starts."""
+        for state, entry in container.pop(states=pending):
+            wrapper, rec = entry.wrapper, recs[entry.name]
+            ready, error = wrapper.check_ready()
+            if ready:
+                wrapper.reset_health_state_after_running()
+                container.add(DeploymentActorState.RUNNING, wrapper)
+                self._node_id(wrapper.handle)  # ask early, for details
+                rec.failed_starts = 0
+                rec.running_since = time.time()
+                rec.message = ""
+            elif error is not None:
+                wrapper.kill()
+                self._on_failed_start(dep_id, rec, error)
+            else:
+                container.add(state, wrapper)
+
+    def _recreate_unhealthy(self, dep_id, recs, container, unhealthy) -> None:
+        """Kill unhealthy or dead actors and schedule their recreation."""
+        dead = {id(wrapper) for wrapper in unhealthy}
+        for _, entry in container.pop(states=[DeploymentActorState.RUNNING]):
+            if id(entry.wrapper) not in dead:
+                container.add(DeploymentActorState.RUNNING, entry.wrapper)
+        for wrapper in unhealthy:
+            name = wrapper.actor_logical_name
+            logger.warning(
+                f"Deployment actor '{name}' of {dep_id} is unhealthy or "
+                "dead; recreating it with the same arguments."
+            )
+            wrapper.kill()
+            self._drop_node_id(wrapper)
+            self._schedule_recreation(recs[name])
+            self._count("recreated", dep_id)
 
     def on_deployment_deleted(self, deployment_id: DeploymentID) -> None:
         """Kill the deployment's actors (its replicas have stopped) and forget them."""

@@ -34,6 +34,7 @@ from ray.serve._private.common import (
 )
 from ray.serve._private.config import DeploymentConfig, ReplicaConfig
 from ray.serve._private.constants import (
+    DEPLOYMENT_ACTOR_HEALTH_CHECK_PERIOD_S,
     SERVE_CONTROLLER_NAME,
     SERVE_DEPLOYMENT_ACTOR_PREFIX,
     SERVE_NAMESPACE,
@@ -178,6 +179,8 @@ class MockScopedActorWrapper(MockDeploymentActorWrapper):
         self._actor_name = get_deployment_scoped_actor_name(deployment_id, config.name)
         self.start_runtime_env = None
         self.health_checks_requested = 0
+        self.health_checks_run = 0
+        self.due = True
 
     @property
     def handle(self) -> Optional[FakeActorHandle]:
@@ -189,6 +192,13 @@ class MockScopedActorWrapper(MockDeploymentActorWrapper):
 
     def request_health_check(self) -> None:
         self.health_checks_requested += 1
+
+    def health_check_due(self, now: float) -> bool:
+        return self.due
+
+    def check_health(self) -> bool:
+        self.health_checks_run += 1
+        return super().check_health()
 
     def start(self, deployment_runtime_env=None):
         fake_cluster.events.append(("start", self._actor_name))
@@ -560,6 +570,48 @@ def test_unresolvable_reference_is_rejected(mock_scoped_actors_dsm, ref):
     assert checkpointed(kv_store) is None
     assert fake_cluster.started == []
     assert wrapper_of(dsm) is None
+
+
+def test_control_loop_skips_actors_with_no_health_check_due(mock_scoped_actors_dsm):
+    """A step touches only actors whose health check is outstanding or due."""
+    create_dsm, _, _ = mock_scoped_actors_dsm
+    dsm = create_dsm()
+    deploy_running(dsm)
+    get_or_create(dsm)
+    wrapper = make_running(dsm)
+    runs = wrapper.health_checks_run
+
+    wrapper.due = False
+    wrapper.set_health_ok(False)  # would be recreated if it were checked
+    for _ in range(3):
+        dsm.update()
+    assert wrapper.health_checks_run == runs
+    assert details(dsm)["tree"].state == "RUNNING"
+
+    wrapper.due = True
+    dsm.update()
+    assert wrapper.health_checks_run == runs + 1
+    assert wrapper.killed
+    assert details(dsm)["tree"].state != "RUNNING"
+
+
+def test_health_check_due_follows_the_period():
+    """The real wrapper: due when outstanding, unhealthy, requested or at 0.9x."""
+    config = DeploymentActorConfig(name="tree", actor_class=PrefixTree)
+    wrapper = DeploymentScopedActorWrapper(TEST_DEPLOYMENT_ID, config)
+    period = DEPLOYMENT_ACTOR_HEALTH_CHECK_PERIOD_S
+    wrapper._last_health_check_time = 1000.0
+
+    assert not wrapper.health_check_due(1000.0 + 0.85 * period)
+    assert wrapper.health_check_due(1000.0 + 0.95 * period)
+    wrapper._health_check_ref = object()
+    assert wrapper.health_check_due(1000.0)
+    wrapper._health_check_ref = None
+    wrapper._healthy = False
+    assert wrapper.health_check_due(1000.0)
+    wrapper._healthy = True
+    wrapper.request_health_check()
+    assert wrapper.health_check_due(1000.0)
 
 
 def test_get_deployment_actor_handle(mock_scoped_actors_dsm):
