@@ -106,19 +106,17 @@ class DeploymentScopedActorWrapper(DeploymentActorWrapper):
         if self._health_check_ref is None:
             self._last_health_check_time = 0.0
 
-    def health_check_due(self, now: float) -> bool:
-        """Whether ``check_health`` has anything to do at ``now``.
+    def next_health_check_at(self) -> float:
+        """When ``check_health`` next has anything to do (0.0: at once).
 
-        True while a health check is outstanding, once the actor is marked
-        unhealthy, and from 0.9x the (randomized 0.9x-1.1x) period after the
-        last check. The control loop skips the actor otherwise, so a step costs
-        nothing per idle actor.
+        At once while a health check is outstanding or the actor is marked
+        unhealthy; otherwise 0.9x the period (randomized to 0.9x-1.1x) after
+        the last check. The control loop leaves the actor alone until then.
         """
         if self._health_check_ref is not None or not self._healthy:
-            return True
+            return 0.0
         return (
-            now - self._last_health_check_time
-            > 0.9 * DEPLOYMENT_ACTOR_HEALTH_CHECK_PERIOD_S
+            self._last_health_check_time + 0.9 * DEPLOYMENT_ACTOR_HEALTH_CHECK_PERIOD_S
         )
 
     @staticmethod
@@ -209,6 +207,9 @@ class DeploymentScopedActorManager:
                 tag_keys=tags,
             ),
         }
+        # Earliest time a control loop step has anything to do: steps before
+        # it return at once. Reset by every call that may change that.
+        self._next_update_at = 0.0
         # Node of each actor instance (by actor id), resolved without blocking.
         self._node_refs: Dict[str, Any] = {}
         self._node_ids: Dict[str, Optional[str]] = {}
@@ -257,6 +258,7 @@ class DeploymentScopedActorManager:
             all_current_actor_names: Named actors in the serve namespace.
             deployment_states: The recovered DeploymentState per DeploymentID.
         """
+        self.wake()
         wrapper_cls = self._wrapper_cls()
         raw = self._kv_store.get(DEPLOYMENT_SCOPED_ACTORS_CHECKPOINT_KEY)
         checkpoint = cloudpickle.loads(raw) if raw is not None else {}
@@ -344,6 +346,7 @@ class DeploymentScopedActorManager:
             TypeError: The class or arguments cannot be serialized.
         """
         validate_deployment_scoped_actor_name(actor_name)
+        self.wake()
         if shutting_down:
             raise RayServeException(
                 f"Cannot get or create deployment actor '{actor_name}' of "
@@ -473,6 +476,7 @@ class DeploymentScopedActorManager:
         self, deployment_id: DeploymentID, actor_name: str, deployment_state
     ) -> Optional[ActorHandle]:
         """A handle to a runtime or declarative actor of the deployment, or None."""
+        self.wake()
         wrapper = self._wrapper(deployment_id, actor_name)
         if wrapper is not None:
             wrapper.request_health_check()
@@ -555,30 +559,45 @@ class DeploymentScopedActorManager:
         Deployments being deleted are left alone; their actors are killed once
         the deployment is gone (``on_deployment_deleted``).
         """
+        now = time.time()
+        if now < self._next_update_at:
+            return
+        next_at = float("inf")
         for dep_id, recs in self._records.items():
             deployment_state = deployment_states.get(dep_id)
             if not recs or deployment_state is None or deployment_state.deleting:
+                next_at = 0.0  # look again next step
                 continue
             container = self._container(dep_id)
             pending = [DeploymentActorState.STARTING, DeploymentActorState.RECOVERING]
             if container.get(states=pending):
                 self._update_pending(dep_id, recs, container, pending)
+                next_at = 0.0
             # Only actors with a health check outstanding or due are touched.
-            now = time.time()
-            unhealthy = [
-                wrapper
-                for wrapper in container.get(states=[DeploymentActorState.RUNNING])
-                if wrapper.health_check_due(now) and not wrapper.check_health()
-            ]
+            unhealthy = []
+            for wrapper in container.get(states=[DeploymentActorState.RUNNING]):
+                if now >= wrapper.next_health_check_at():
+                    if not wrapper.check_health():
+                        unhealthy.append(wrapper)
+                        continue
+                next_at = min(next_at, wrapper.next_health_check_at())
             if unhealthy:
                 self._recreate_unhealthy(dep_id, recs, container, unhealthy)
-            now = time.time()
             runtime_env = None
             for rec in recs.values():
-                if rec.pending_start and not rec.failed and now >= rec.restart_at:
-                    if runtime_env is None:
-                        runtime_env = self._runtime_env(deployment_state)
-                    self._start(dep_id, rec, runtime_env)
+                if rec.pending_start and not rec.failed:
+                    if now >= rec.restart_at:
+                        if runtime_env is None:
+                            runtime_env = self._runtime_env(deployment_state)
+                        self._start(dep_id, rec, runtime_env)
+                        next_at = 0.0
+                    else:
+                        next_at = min(next_at, rec.restart_at)
+        self._next_update_at = next_at
+
+    def wake(self) -> None:
+        """Make the next control loop step look at every actor."""
+        self._next_update_at = 0.0
 
     def _update_pending(self, dep_id, recs, container, pending) -> None:
         """Move started actors that answer to RUNNING; handle failed starts."""
@@ -617,6 +636,7 @@ class DeploymentScopedActorManager:
 
     def on_deployment_deleted(self, deployment_id: DeploymentID) -> None:
         """Kill the deployment's actors (its replicas have stopped) and forget them."""
+        self.wake()
         recs = self._records.pop(deployment_id, None)
         container = self._containers.pop(deployment_id, None)
         if not recs:

@@ -16,6 +16,7 @@ import itertools
 import random
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Set, Tuple
 from unittest.mock import patch
@@ -193,8 +194,8 @@ class MockScopedActorWrapper(MockDeploymentActorWrapper):
     def request_health_check(self) -> None:
         self.health_checks_requested += 1
 
-    def health_check_due(self, now: float) -> bool:
-        return self.due
+    def next_health_check_at(self) -> float:
+        return 0.0 if self.due else float("inf")
 
     def check_health(self) -> bool:
         self.health_checks_run += 1
@@ -573,12 +574,14 @@ def test_unresolvable_reference_is_rejected(mock_scoped_actors_dsm, ref):
 
 
 def test_control_loop_skips_actors_with_no_health_check_due(mock_scoped_actors_dsm):
-    """A step touches only actors whose health check is outstanding or due."""
+    """A step touches only actors whose health check is outstanding or due,
+    and returns at once until the earliest of those (or until woken)."""
     create_dsm, _, _ = mock_scoped_actors_dsm
     dsm = create_dsm()
     deploy_running(dsm)
     get_or_create(dsm)
     wrapper = make_running(dsm)
+    manager = dsm._scoped_actors
     runs = wrapper.health_checks_run
 
     wrapper.due = False
@@ -586,32 +589,37 @@ def test_control_loop_skips_actors_with_no_health_check_due(mock_scoped_actors_d
     for _ in range(3):
         dsm.update()
     assert wrapper.health_checks_run == runs
+    assert manager._next_update_at == float("inf")
     assert details(dsm)["tree"].state == "RUNNING"
 
     wrapper.due = True
+    dsm.update()  # nothing was due at the last step: still skipped
+    assert wrapper.health_checks_run == runs
+    assert dsm.get_deployment_actor_handle(TEST_DEPLOYMENT_ID, "tree") is not None
+    assert manager._next_update_at == 0.0  # a lookup wakes the next step
     dsm.update()
     assert wrapper.health_checks_run == runs + 1
     assert wrapper.killed
     assert details(dsm)["tree"].state != "RUNNING"
 
 
-def test_health_check_due_follows_the_period():
-    """The real wrapper: due when outstanding, unhealthy, requested or at 0.9x."""
+def test_next_health_check_follows_the_period():
+    """The real wrapper: at once when outstanding, unhealthy or requested,
+    else 0.9x the period after the last check."""
     config = DeploymentActorConfig(name="tree", actor_class=PrefixTree)
     wrapper = DeploymentScopedActorWrapper(TEST_DEPLOYMENT_ID, config)
     period = DEPLOYMENT_ACTOR_HEALTH_CHECK_PERIOD_S
     wrapper._last_health_check_time = 1000.0
 
-    assert not wrapper.health_check_due(1000.0 + 0.85 * period)
-    assert wrapper.health_check_due(1000.0 + 0.95 * period)
+    assert wrapper.next_health_check_at() == pytest.approx(1000.0 + 0.9 * period)
     wrapper._health_check_ref = object()
-    assert wrapper.health_check_due(1000.0)
+    assert wrapper.next_health_check_at() == 0.0
     wrapper._health_check_ref = None
     wrapper._healthy = False
-    assert wrapper.health_check_due(1000.0)
+    assert wrapper.next_health_check_at() == 0.0
     wrapper._healthy = True
     wrapper.request_health_check()
-    assert wrapper.health_check_due(1000.0)
+    assert wrapper.next_health_check_at() <= time.time()
 
 
 def test_get_deployment_actor_handle(mock_scoped_actors_dsm):
