@@ -858,6 +858,7 @@ def plots(report_data: Dict[str, Any]) -> List[Path]:
         ("stock", "stock, no actors", "--"),
         ("patched", "patched, no actors", "-"),
         ("patched_actors", "patched, 1 actor each", "-."),
+        ("patched_plain", "patched, N plain actors (control)", "x"),
     ):
         points = [
             (r["deployments"], r[key])
@@ -865,7 +866,10 @@ def plots(report_data: Dict[str, Any]) -> List[Path]:
             if r[key] is not None
         ]
         if points:
-            ax.plot(*zip(*points), style, marker="o", label=label)
+            if style == "x":  # a single control point, no line
+                ax.plot(*zip(*points), "x", markersize=9, label=label)
+            else:
+                ax.plot(*zip(*points), style, marker="o", label=label)
     ax.set_xlabel("deployments")
     ax.set_ylabel("control-loop step p50 (ms)")
     ax.set_title("Controller scale")
