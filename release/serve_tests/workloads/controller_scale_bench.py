@@ -21,17 +21,18 @@ recorded next to it. Writes JSON to ``TEST_OUTPUT_JSON`` (or --output).
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import time
 from importlib.metadata import version
 from typing import Any, Dict, List, Optional
 
+import bench_common
+from bench_common import controller, is_patched
+
 import ray
 from ray import cloudpickle, serve
 from ray.serve._private.common import DeploymentID
-from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
 if __name__ != "__main__":
     # Imported (ci/bench.py runs several workloads in one process): replicas
@@ -46,16 +47,6 @@ DEPLOYMENT = "Trivial"
 class Trivial:
     def __call__(self) -> str:
         return "ok"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def controller():
-    return ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
 
 
 def app_name(i: int) -> str:
@@ -196,15 +187,6 @@ def plain_actors(n: int) -> List[Any]:
     return actors
 
 
-def is_patched() -> bool:
-    """Whether this Ray has controller-managed deployment-scoped actors."""
-    try:
-        import ray.serve._private.deployment_scoped_actor_utils  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deployments", type=int, nargs="+", default=[1, 10, 50])
@@ -255,14 +237,7 @@ def main(argv=None) -> int:
         "plain_actor_runs": [],
     }
     runs: List[Dict[str, Any]] = results["runs"]
-    # Inside an existing Ray (ci/bench.py --shared-cluster), leave it running.
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        ray.init(
-            address="local", num_cpus=4, include_dashboard=False, log_to_driver=False
-        )
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    with bench_common.local_serve():
         deployed = 0
         for n in levels:
             deploy_s = deploy_apps(deployed, n)
@@ -297,14 +272,8 @@ def main(argv=None) -> int:
                 run.update(sample_step_time(args.settle_s, args.measure_s))
                 runs.append(run)
                 print(json.dumps(run), flush=True)
-        serve.shutdown()
-    finally:
-        if owns_ray:
-            ray.shutdown()
     runs.sort(key=lambda r: (r["actors"], r["deployments"]))
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(results, f, indent=2)
+    bench_common.write_json(args.output, results)
     return 0
 
 

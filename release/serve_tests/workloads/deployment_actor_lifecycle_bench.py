@@ -33,12 +33,14 @@ import time
 from importlib.metadata import version
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import bench_common
 import prefix_router_bench as routing
+from bench_common import controller, is_patched
 
 import ray
 from ray import cloudpickle, serve
 from ray.serve._private.common import DeploymentID
-from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+from ray.serve._private.constants import SERVE_NAMESPACE
 from ray.serve.config import RequestRouterConfig
 
 # Replicas and actors cannot import the workload files: ship their classes by
@@ -82,15 +84,6 @@ class Target:
         return "ok"
 
 
-def is_patched() -> bool:
-    """Whether this Ray has controller-managed deployment-scoped actors."""
-    try:
-        import ray.serve._private.deployment_scoped_actor_utils  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def stats_ms(latencies_s: List[float]) -> Dict[str, float]:
     """Summarize latencies given in seconds as milliseconds."""
     return {
@@ -126,11 +119,6 @@ def time_calls(call: Callable[[], Any], n: int, warmup: int = 10) -> List[float]
         call()
         times.append(time.perf_counter() - start)
     return times
-
-
-def controller():
-    """A handle to the Serve controller (whichever instance is current)."""
-    return ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
 
 
 def actor_id(handle) -> str:
@@ -604,14 +592,7 @@ def main(argv=None) -> int:
     }
     phases = results["phase_s"] = {}
     phase_start = time.monotonic()
-    # Inside an existing Ray (ci/bench.py --shared-cluster), leave it running.
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        ray.init(
-            address="local", num_cpus=4, include_dashboard=False, log_to_driver=False
-        )
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": routing.free_port()})
+    with bench_common.local_serve():
         noop = Noop.remote()
         ray.get(noop.ping.remote())
         results["noop_actor_call_ms"] = stats_ms(
@@ -642,13 +623,7 @@ def main(argv=None) -> int:
             flush=True,
         )
         phases["tree_death"] = time.monotonic() - phase_start
-        serve.shutdown()
-    finally:
-        if owns_ray:
-            ray.shutdown()
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(results, f, indent=2)
+    bench_common.write_json(args.output, results)
     return 0
 
 

@@ -14,11 +14,12 @@ import asyncio
 import collections
 import json
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass
 from typing import Dict, List
+
+import bench_common
 
 import ray
 from ray import cloudpickle, serve
@@ -126,12 +127,6 @@ def make_prompts(prefixes: int = 8, prefix_chars: int = 2000) -> List[str]:
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
@@ -153,18 +148,11 @@ def main(argv=None) -> int:
         args.duration_s, args.warmup_s, args.rounds = 2.0, 1.0, 2
 
     prompts = make_prompts(args.prefixes, args.prefix_chars)
-    # Inside an existing Ray (ci/bench.py --shared-cluster), leave it running.
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        ray.init(
-            address="local", num_cpus=4, include_dashboard=False, log_to_driver=False
-        )
     results = {"ray_version": ray.__version__, "runs": []}
-    try:
+    with bench_common.local_serve():
         from importlib.metadata import version
 
         results["distribution_version"] = version("ray")
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
         # Both apps run side by side, and their windows alternate (ABBA within
         # each level), so that drift on a shared machine (other processes,
         # caches, the order of runs) lands on both routers alike.
@@ -198,13 +186,7 @@ def main(argv=None) -> int:
                 print(json.dumps(run), flush=True)
         for router in args.routers:
             serve.delete(f"bench_{router}")
-        serve.shutdown()
-    finally:
-        if owns_ray:
-            ray.shutdown()
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(results, f, indent=2)
+    bench_common.write_json(args.output, results)
     return 0
 
 
