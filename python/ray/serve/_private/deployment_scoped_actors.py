@@ -407,11 +407,11 @@ class DeploymentScopedActorManager:
         try:
             self._save_checkpoint()
         except Exception:
-            del self._records[deployment_id][actor_name]
+            self._forget(deployment_id, actor_name)
             raise
         wrapper = self._start(deployment_id, rec, self._runtime_env(deployment_state))
         if wrapper is None:
-            del self._records[deployment_id][actor_name]
+            self._forget(deployment_id, actor_name)
             self._save_checkpoint()
             raise ValueError(
                 f"Failed to create deployment actor '{actor_name}' of "
@@ -423,6 +423,13 @@ class DeploymentScopedActorManager:
             f"({actor_class_path(actor_cls)}) as '{wrapper._actor_name}'."
         )
         return wrapper.handle
+
+    def _forget(self, deployment_id: DeploymentID, actor_name: str) -> None:
+        """Drop a record that was never created (and an emptied deployment)."""
+        recs = self._records[deployment_id]
+        del recs[actor_name]
+        if not recs:
+            del self._records[deployment_id]
 
     @staticmethod
     def _warn_if_other_args(deployment_id, rec: _ScopedActorRecord, args, kwargs):
@@ -565,7 +572,9 @@ class DeploymentScopedActorManager:
         next_at = float("inf")
         for dep_id, recs in self._records.items():
             deployment_state = deployment_states.get(dep_id)
-            if not recs or deployment_state is None or deployment_state.deleting:
+            if not recs:
+                continue
+            if deployment_state is None or deployment_state.deleting:
                 next_at = 0.0  # look again next step
                 continue
             container = self._container(dep_id)

@@ -603,6 +603,22 @@ def test_control_loop_skips_actors_with_no_health_check_due(mock_scoped_actors_d
     assert details(dsm)["tree"].state != "RUNNING"
 
 
+def test_failed_create_leaves_the_control_loop_idle(mock_scoped_actors_dsm):
+    """A create that fails to start leaves no (empty) record behind, so the
+    control loop goes back to returning at once."""
+    create_dsm, _, _ = mock_scoped_actors_dsm
+    dsm = create_dsm()
+    deploy_running(dsm)
+    fake_cluster.failing_starts.add(ray_name())
+
+    with pytest.raises(ValueError):
+        get_or_create(dsm)
+    dsm.update()
+
+    assert dsm._scoped_actors._records == {}
+    assert dsm._scoped_actors._next_update_at == float("inf")
+
+
 def test_next_health_check_follows_the_period():
     """The real wrapper: at once when outstanding, unhealthy or requested,
     else 0.9x the period after the last check."""
