@@ -24,6 +24,7 @@ so unit tests swap it for a mock.
 """
 
 import logging
+import random
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
@@ -92,6 +93,9 @@ class DeploymentScopedActorWrapper(DeploymentActorWrapper):
     ):
         super().__init__(deployment_id, config, code_version, recovered_handle)
         self._actor_name = get_deployment_scoped_actor_name(deployment_id, config.name)
+        # The randomized health check period, and the check it was drawn for.
+        self._period_drawn_for: Optional[float] = None
+        self._period = DEPLOYMENT_ACTOR_HEALTH_CHECK_PERIOD_S
 
     @property
     def handle(self) -> Optional[ActorHandle]:
@@ -110,14 +114,31 @@ class DeploymentScopedActorWrapper(DeploymentActorWrapper):
         """When ``check_health`` next has anything to do (0.0: at once).
 
         At once while a health check is outstanding or the actor is marked
-        unhealthy; otherwise 0.9x the period (randomized to 0.9x-1.1x) after
-        the last check. The control loop leaves the actor alone until then.
+        unhealthy; otherwise one randomized period (0.9x-1.1x, drawn once per
+        check) after the last check. The control loop leaves the actor alone
+        until then.
         """
         if self._health_check_ref is not None or not self._healthy:
             return 0.0
-        return (
-            self._last_health_check_time + 0.9 * DEPLOYMENT_ACTOR_HEALTH_CHECK_PERIOD_S
-        )
+        if self._period_drawn_for != self._last_health_check_time:
+            self._period_drawn_for = self._last_health_check_time
+            self._period = DEPLOYMENT_ACTOR_HEALTH_CHECK_PERIOD_S * random.uniform(
+                0.9, 1.1
+            )
+        return self._last_health_check_time + self._period
+
+    def _should_start_new_deployment_actor_health_check(self) -> bool:
+        """The base class's rule, on the period ``next_health_check_at`` drew.
+
+        The base class draws a new randomized period at every call, so an
+        actor would be due, and looked at each step, from 0.9x the period
+        until a draw let its check start.
+        """
+        if not self._healthy or self._health_check_ref is not None:
+            return False
+        if self._handle is None:
+            return False
+        return time.time() >= self.next_health_check_at()
 
     @staticmethod
     def lookup(ray_actor_name: str) -> Optional[ActorHandle]:
@@ -207,8 +228,11 @@ class DeploymentScopedActorManager:
                 tag_keys=tags,
             ),
         }
-        # Earliest time a control loop step has anything to do: steps before
-        # it return at once. Reset by every call that may change that.
+        # When each deployment's actors next need a look (absent or 0.0: at
+        # once). A step looks only at the deployments that are due, and steps
+        # before the earliest of these times return at once. Reset by every
+        # call that may change them.
+        self._due: Dict[DeploymentID, float] = {}
         self._next_update_at = 0.0
         # Node of each actor instance (by actor id), resolved without blocking.
         self._node_refs: Dict[str, Any] = {}
@@ -346,7 +370,7 @@ class DeploymentScopedActorManager:
             TypeError: The class or arguments cannot be serialized.
         """
         validate_deployment_scoped_actor_name(actor_name)
-        self.wake()
+        self.wake(deployment_id)
         if shutting_down:
             raise RayServeException(
                 f"Cannot get or create deployment actor '{actor_name}' of "
@@ -430,6 +454,7 @@ class DeploymentScopedActorManager:
         del recs[actor_name]
         if not recs:
             del self._records[deployment_id]
+            self._due.pop(deployment_id, None)
 
     @staticmethod
     def _warn_if_other_args(deployment_id, rec: _ScopedActorRecord, args, kwargs):
@@ -483,7 +508,7 @@ class DeploymentScopedActorManager:
         self, deployment_id: DeploymentID, actor_name: str, deployment_state
     ) -> Optional[ActorHandle]:
         """A handle to a runtime or declarative actor of the deployment, or None."""
-        self.wake()
+        self.wake(deployment_id)
         wrapper = self._wrapper(deployment_id, actor_name)
         if wrapper is not None:
             wrapper.request_health_check()
@@ -563,49 +588,72 @@ class DeploymentScopedActorManager:
     def update(self, deployment_states: Dict) -> None:
         """One control loop step: readiness, health checks and recreation.
 
-        Deployments being deleted are left alone; their actors are killed once
-        the deployment is gone (``on_deployment_deleted``).
+        Looks only at the deployments whose actors are due (a start, a
+        restart or a health check due or outstanding); with many deployments
+        a step touches a few of them, and none until the earliest is due.
         """
         now = time.time()
         if now < self._next_update_at:
             return
         next_at = float("inf")
         for dep_id, recs in self._records.items():
-            deployment_state = deployment_states.get(dep_id)
-            if not recs:
-                continue
-            if deployment_state is None or deployment_state.deleting:
-                next_at = 0.0  # look again next step
-                continue
-            container = self._container(dep_id)
-            pending = [DeploymentActorState.STARTING, DeploymentActorState.RECOVERING]
-            if container.get(states=pending):
-                self._update_pending(dep_id, recs, container, pending)
-                next_at = 0.0
-            # Only actors with a health check outstanding or due are touched.
-            unhealthy = []
-            for wrapper in container.get(states=[DeploymentActorState.RUNNING]):
-                if now >= wrapper.next_health_check_at():
-                    if not wrapper.check_health():
-                        unhealthy.append(wrapper)
-                        continue
-                next_at = min(next_at, wrapper.next_health_check_at())
-            if unhealthy:
-                self._recreate_unhealthy(dep_id, recs, container, unhealthy)
-            runtime_env = None
-            for rec in recs.values():
-                if rec.pending_start and not rec.failed:
-                    if now >= rec.restart_at:
-                        if runtime_env is None:
-                            runtime_env = self._runtime_env(deployment_state)
-                        self._start(dep_id, rec, runtime_env)
-                        next_at = 0.0
-                    else:
-                        next_at = min(next_at, rec.restart_at)
+            due = self._due.get(dep_id, 0.0)
+            if due <= now:
+                due = self._update_deployment(
+                    dep_id, recs, deployment_states.get(dep_id), now
+                )
+                self._due[dep_id] = due
+            next_at = min(next_at, due)
         self._next_update_at = next_at
 
-    def wake(self) -> None:
-        """Make the next control loop step look at every actor."""
+    def _update_deployment(self, dep_id, recs, deployment_state, now) -> float:
+        """Update one deployment's actors; returns when they next need a look.
+
+        Deployments being deleted are left alone; their actors are killed once
+        the deployment is gone (``on_deployment_deleted``).
+        """
+        if not recs:
+            return float("inf")
+        if deployment_state is None or deployment_state.deleting:
+            return 0.0  # look again next step
+        next_at = float("inf")
+        container = self._container(dep_id)
+        pending = [DeploymentActorState.STARTING, DeploymentActorState.RECOVERING]
+        if container.get(states=pending):
+            self._update_pending(dep_id, recs, container, pending)
+            next_at = 0.0
+        # Only actors with a health check outstanding or due are touched.
+        unhealthy = []
+        for wrapper in container.get(states=[DeploymentActorState.RUNNING]):
+            if now >= wrapper.next_health_check_at():
+                if not wrapper.check_health():
+                    unhealthy.append(wrapper)
+                    continue
+            next_at = min(next_at, wrapper.next_health_check_at())
+        if unhealthy:
+            self._recreate_unhealthy(dep_id, recs, container, unhealthy)
+        runtime_env = None
+        for rec in recs.values():
+            if rec.pending_start and not rec.failed:
+                if now >= rec.restart_at:
+                    if runtime_env is None:
+                        runtime_env = self._runtime_env(deployment_state)
+                    self._start(dep_id, rec, runtime_env)
+                    next_at = 0.0
+                else:
+                    next_at = min(next_at, rec.restart_at)
+        return next_at
+
+    def wake(self, deployment_id: Optional[DeploymentID] = None) -> None:
+        """Make the next control loop step look at the deployment's actors.
+
+        Args:
+            deployment_id: The deployment; None for every deployment.
+        """
+        if deployment_id is None:
+            self._due.clear()
+        else:
+            self._due.pop(deployment_id, None)
         self._next_update_at = 0.0
 
     def _update_pending(self, dep_id, recs, container, pending) -> None:

@@ -181,7 +181,9 @@ class MockScopedActorWrapper(MockDeploymentActorWrapper):
         self.start_runtime_env = None
         self.health_checks_requested = 0
         self.health_checks_run = 0
+        # True: a health check is due now; False: never; a float: due then.
         self.due = True
+        self.looked_at = 0
 
     @property
     def handle(self) -> Optional[FakeActorHandle]:
@@ -195,7 +197,10 @@ class MockScopedActorWrapper(MockDeploymentActorWrapper):
         self.health_checks_requested += 1
 
     def next_health_check_at(self) -> float:
-        return 0.0 if self.due else float("inf")
+        self.looked_at += 1
+        if isinstance(self.due, bool):
+            return 0.0 if self.due else float("inf")
+        return self.due
 
     def check_health(self) -> bool:
         self.health_checks_run += 1
@@ -603,6 +608,43 @@ def test_control_loop_skips_actors_with_no_health_check_due(mock_scoped_actors_d
     assert details(dsm)["tree"].state != "RUNNING"
 
 
+def test_control_loop_looks_only_at_deployments_that_are_due(
+    mock_scoped_actors_dsm,
+):
+    """With several deployments, a step looks only at those whose actors are
+    due: one actor checked every step does not make each step scan the rest,
+    and a lookup wakes only its own deployment."""
+    create_dsm, _, _ = mock_scoped_actors_dsm
+    dsm = create_dsm()
+    for deployment_id in (TEST_DEPLOYMENT_ID, TEST_DEPLOYMENT_ID_2):
+        deploy_running(dsm, deployment_id)
+        get_or_create(dsm, deployment_id=deployment_id)
+        make_running(dsm, deployment_id=deployment_id)
+    first = wrapper_of(dsm)
+    second = wrapper_of(dsm, deployment_id=TEST_DEPLOYMENT_ID_2)
+
+    first.due = time.time() + 3600
+    second.due = True  # checked at every step
+    dsm.update()
+    looked, runs = first.looked_at, second.health_checks_run
+    for _ in range(3):
+        dsm.update()
+    assert first.looked_at == looked
+    assert second.health_checks_run == runs + 3
+
+    second.due = False
+    dsm.update()
+    assert dsm._scoped_actors._next_update_at == first.due
+    looked_first, looked_second = first.looked_at, second.looked_at
+    dsm.update()
+    assert (first.looked_at, second.looked_at) == (looked_first, looked_second)
+
+    assert dsm.get_deployment_actor_handle(TEST_DEPLOYMENT_ID_2, "tree")
+    dsm.update()
+    assert first.looked_at == looked_first
+    assert second.looked_at > looked_second
+
+
 def test_failed_create_leaves_the_control_loop_idle(mock_scoped_actors_dsm):
     """A create that fails to start leaves no (empty) record behind, so the
     control loop goes back to returning at once."""
@@ -621,21 +663,40 @@ def test_failed_create_leaves_the_control_loop_idle(mock_scoped_actors_dsm):
 
 def test_next_health_check_follows_the_period():
     """The real wrapper: at once when outstanding, unhealthy or requested,
-    else 0.9x the period after the last check."""
+    else one randomized period (0.9x-1.1x, drawn once per check) after the
+    last check, and a check starts exactly then."""
     config = DeploymentActorConfig(name="tree", actor_class=PrefixTree)
     wrapper = DeploymentScopedActorWrapper(TEST_DEPLOYMENT_ID, config)
+    wrapper._handle = object()
     period = DEPLOYMENT_ACTOR_HEALTH_CHECK_PERIOD_S
-    wrapper._last_health_check_time = 1000.0
+    now = time.time()
+    wrapper._last_health_check_time = now - 0.5 * period
 
-    assert wrapper.next_health_check_at() == pytest.approx(1000.0 + 0.9 * period)
+    due = wrapper.next_health_check_at()
+    assert now + 0.4 * period <= due <= now + 0.6 * period
+    assert all(wrapper.next_health_check_at() == due for _ in range(20))
+    assert not wrapper._should_start_new_deployment_actor_health_check()
+    wrapper._last_health_check_time = now - 1.2 * period
+    assert wrapper.next_health_check_at() <= now
+    assert wrapper._should_start_new_deployment_actor_health_check()
+    draws = set()
+    for i in range(20):
+        wrapper._last_health_check_time = 1000.0 + i
+        draws.add(round(wrapper.next_health_check_at() - (1000.0 + i), 9))
+    assert len(draws) > 1  # a new draw for each check
+    assert all(0.9 * period <= d <= 1.1 * period for d in draws)
+
     wrapper._health_check_ref = object()
     assert wrapper.next_health_check_at() == 0.0
+    assert not wrapper._should_start_new_deployment_actor_health_check()
     wrapper._health_check_ref = None
     wrapper._healthy = False
     assert wrapper.next_health_check_at() == 0.0
+    assert not wrapper._should_start_new_deployment_actor_health_check()
     wrapper._healthy = True
     wrapper.request_health_check()
     assert wrapper.next_health_check_at() <= time.time()
+    assert wrapper._should_start_new_deployment_actor_health_check()
 
 
 def test_get_deployment_actor_handle(mock_scoped_actors_dsm):
