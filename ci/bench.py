@@ -581,26 +581,21 @@ def build_summary(results: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     scale = []
     stock_runs = scale_runs(results["stock"].get("scale", {}))
     patched_runs = scale_runs(results["patched"].get("scale", {}))
+    plain_runs = {
+        r["deployments"]: r
+        for r in results["patched"].get("scale", {}).get("plain_actor_runs", [])
+    }
     for n in sorted({n for n, _ in stock_runs} | {n for n, _ in patched_runs}):
         row = {"deployments": n}
-        for key, runs, actors in (
-            ("stock", stock_runs, False),
-            ("patched", patched_runs, False),
-            ("patched_actors", patched_runs, True),
+        for key, run in (
+            ("stock", stock_runs.get((n, False))),
+            ("patched", patched_runs.get((n, False))),
+            ("patched_actors", patched_runs.get((n, True))),
+            ("patched_plain", plain_runs.get(n)),
         ):
-            run = runs.get((n, actors))
             row[key] = run["step_ms_p50"] if run else None
             row[key + "_mean"] = run["step_ms_mean"] if run else None
             row[key + "_cpu"] = run.get("controller_cpu_ms_per_step") if run else None
-        plain = {
-            r["deployments"]: r
-            for r in results["patched"].get("scale", {}).get("plain_actor_runs", [])
-        }.get(n)
-        row["patched_plain"] = plain["step_ms_p50"] if plain else None
-        row["patched_plain_mean"] = plain["step_ms_mean"] if plain else None
-        row["patched_plain_cpu"] = (
-            plain.get("controller_cpu_ms_per_step") if plain else None
-        )
         row["with_without"] = ratio(row["patched_actors"], row["patched"])
         row["plain_without"] = ratio(row["patched_plain"], row["patched"])
         row["with_plain"] = ratio(row["patched_actors"], row["patched_plain"])

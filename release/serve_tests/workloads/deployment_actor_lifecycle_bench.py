@@ -111,14 +111,7 @@ def time_interleaved(
 
 def time_calls(call: Callable[[], Any], n: int, warmup: int = 10) -> List[float]:
     """Run ``call`` ``warmup`` + ``n`` times serially; return the last n times."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return times
+    return time_interleaved({"call": call}, n, warmup)["call"]
 
 
 def actor_id(handle) -> str:

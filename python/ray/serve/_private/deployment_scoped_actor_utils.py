@@ -261,6 +261,11 @@ def _cached_controller() -> Optional[ActorHandle]:
     return client._controller if client is not None else None
 
 
+async def _get_controller_async() -> ActorHandle:
+    """The controller's handle: Serve's cached one, else looked up in a thread."""
+    return _cached_controller() or await asyncio.to_thread(_get_controller)
+
+
 def _get_controller() -> ActorHandle:
     """The Serve controller's handle (cached by Serve in every Serve process)."""
     from ray.serve.context import _get_global_client
@@ -306,7 +311,7 @@ async def get_or_create_deployment_actor_async(
     actor_class = to_actor_class_reference(actor_class)
 
     async def call():
-        controller = _cached_controller() or await asyncio.to_thread(_get_controller)
+        controller = await _get_controller_async()
         ref = controller.get_or_create_deployment_actor.remote(
             deployment_id, actor_name, actor_class, *args, **kwargs
         )
@@ -330,7 +335,7 @@ async def get_deployment_actor_async(
     """
 
     async def call():
-        controller = _cached_controller() or await asyncio.to_thread(_get_controller)
+        controller = await _get_controller_async()
         ref = controller.get_deployment_actor_handle.remote(deployment_id, actor_name)
         return await asyncio.wrap_future(ref.future())
 

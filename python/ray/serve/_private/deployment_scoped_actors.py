@@ -625,11 +625,13 @@ class DeploymentScopedActorManager:
         # Only actors with a health check outstanding or due are touched.
         unhealthy = []
         for wrapper in container.get(states=[DeploymentActorState.RUNNING]):
-            if now >= wrapper.next_health_check_at():
+            at = wrapper.next_health_check_at()
+            if now >= at:
                 if not wrapper.check_health():
                     unhealthy.append(wrapper)
                     continue
-            next_at = min(next_at, wrapper.next_health_check_at())
+                at = wrapper.next_health_check_at()
+            next_at = min(next_at, at)
         if unhealthy:
             self._recreate_unhealthy(dep_id, recs, container, unhealthy)
         runtime_env = None
@@ -693,7 +695,7 @@ class DeploymentScopedActorManager:
 
     def on_deployment_deleted(self, deployment_id: DeploymentID) -> None:
         """Kill the deployment's actors (its replicas have stopped) and forget them."""
-        self.wake()
+        self._due.pop(deployment_id, None)
         recs = self._records.pop(deployment_id, None)
         container = self._containers.pop(deployment_id, None)
         if not recs:
