@@ -1,49 +1,107 @@
-"""Test harness shared by every test in this repository.
+"""Stand-ins for the fixtures of Ray's own test conftests (fork tooling).
 
-Stands in for the fixtures of Ray's own ``python/ray/serve/tests/conftest.py``
-(Ray wheels ship no tests): the names match upstream's, so the tests move to the
-Ray repo as they are.
+Ray wheels ship no tests and no conftest.py, so the tests the patch series adds
+(run from ``build/tree``, the pristine sources with the series applied) get the
+fixtures they use from upstream's conftests from here, under upstream's names:
 
-* Unit tests (``*/tests/unit/*``) must never start Ray: ``ray.init`` raises.
-* ``ray_instance`` is one real local Ray cluster for the whole session; the
-  Serve fixtures start Serve on a free HTTP port (never the default 8000), so
-  runs on a shared machine do not collide, and always shut Serve down again.
+* ``python/ray/serve/tests/unit/conftest.py``: unit tests never start Ray
+  (``disallow_ray_init``, autouse for every ``*/tests/unit/*`` and every
+  ``prefix_aware`` router unit test), and ``mock_deployment_state_manager``.
+* ``python/ray/serve/tests/conftest.py``: ``ray_start_stop``-style local
+  clusters are made by the tests themselves; ``serve_instance`` is Serve on a
+  local Ray cluster for a module, with every app deleted after each test.
+
+Serve always binds a free port here, never the default 8000, so runs on a
+shared machine do not collide.
 """
 
 import os
-import socket
-from pathlib import Path
+from typing import Tuple
+from unittest.mock import Mock, patch
 
 import pytest
 
 import ray
+from ray._common.network_utils import find_free_port
 
-ROOT = Path(__file__).resolve().parent
+
+def _is_unit_test(path: str) -> bool:
+    return "/tests/unit/" in path
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "/unit/" in str(item.fspath):
-            item.add_marker(pytest.mark.usefixtures("_forbid_ray_init"))
+        if _is_unit_test(str(item.fspath)):
+            item.add_marker(pytest.mark.usefixtures("disallow_ray_init"))
 
 
 @pytest.fixture
-def _forbid_ray_init(monkeypatch):
-    def _raise(*args, **kwargs):
-        raise RuntimeError("Unit tests must not start Ray (ray.init was called).")
+def disallow_ray_init(monkeypatch):
+    def raise_on_init(*args, **kwargs):
+        raise RuntimeError("Unit tests should not depend on Ray being initialized.")
 
-    monkeypatch.setattr(ray, "init", _raise)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    monkeypatch.setattr(ray, "init", raise_on_init)
+    monkeypatch.setattr(ray, "get_runtime_context", Mock())
 
 
-@pytest.fixture(scope="session")
-def ray_instance():
-    """One local Ray cluster for the session, ended by its own handle."""
+@pytest.fixture
+def mock_deployment_state_manager() -> Tuple:
+    """A DeploymentStateManager on Serve's shipped mocks (no Ray).
+
+    Yields (create_deployment_state_manager, timer, cluster_node_info_cache,
+    autoscaling_state_manager); calling the factory twice over the same
+    MockKVStore simulates a controller restart.
+    """
+    from ray._raylet import NodeID
+    from ray.serve._private.autoscaling_state import AutoscalingStateManager
+    from ray.serve._private.deployment_state import DeploymentStateManager
+    from ray.serve._private.test_utils import (
+        MockClusterNodeInfoCache,
+        MockDeploymentActorWrapper,
+        MockKVStore,
+        MockReplicaActorWrapper,
+        MockTimer,
+        dead_replicas_context,
+        replica_rank_context,
+    )
+
+    timer = MockTimer()
+    with (
+        patch(
+            "ray.serve._private.deployment_state.ActorReplicaWrapper",
+            new=MockReplicaActorWrapper,
+        ),
+        patch(
+            "ray.serve._private.deployment_state.DeploymentActorWrapper",
+            new=MockDeploymentActorWrapper,
+        ),
+        patch("time.time", new=timer.time),
+        patch("ray.serve._private.long_poll.LongPollHost") as long_poll_host,
+        patch("ray.get_runtime_context"),
+    ):
+        kv_store = MockKVStore()
+        node_info_cache = MockClusterNodeInfoCache()
+        node_info_cache.add_node(NodeID.from_random().hex())
+        autoscaling_state_manager = AutoscalingStateManager()
+
+        def create(actor_names=None, placement_group_names=None):
+            return DeploymentStateManager(
+                kv_store,
+                long_poll_host,
+                actor_names or [],
+                placement_group_names or [],
+                node_info_cache,
+                autoscaling_state_manager,
+                head_node_id_override="fake-head-node-id",
+            )
+
+        yield create, timer, node_info_cache, autoscaling_state_manager
+        dead_replicas_context.clear()
+        replica_rank_context.clear()
+
+
+@pytest.fixture(scope="module")
+def _ray_for_module():
     if ray.is_initialized():
         ray.shutdown()
     os.environ.setdefault("RAY_SERVE_DEPLOYMENT_ACTOR_HEALTH_CHECK_PERIOD_S", "1")
@@ -59,10 +117,31 @@ def ray_instance():
 
 
 @pytest.fixture
-def serve_instance(ray_instance):
-    """Serve on a free port for one test; shut down (all apps) afterwards."""
+def serve_instance(_ray_for_module):
+    """Serve on a free port, shared by a module's tests (as upstream's).
+
+    Started again if a test shut it down; every application is deleted after
+    each test.
+    """
+    from ray import serve
+    from ray.serve.context import _check_cached_client_alive, _get_global_client
+
+    client, _ = _check_cached_client_alive()
+    if client is None:
+        serve.start(http_options={"host": "127.0.0.1", "port": find_free_port()})
+        client = _get_global_client()
+    yield client
+    client, _ = _check_cached_client_alive()
+    if client is not None:
+        apps = list(serve.status().applications)
+        if apps:
+            client.delete_apps(apps, blocking=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shutdown_serve_after_module():
+    yield
     from ray import serve
 
-    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
-    yield serve.context._get_global_client()
-    serve.shutdown()
+    if ray.is_initialized():
+        serve.shutdown()

@@ -12,10 +12,14 @@ Subcommands:
     import: a throw-away git tree (``build/src``) = pristine + ``git am`` of
         the series, for editing upstream files with ordinary git.
     export: write the series back from ``build/src`` with ``git format-patch``.
-    check: lint the series, apply it onto the pristine base with zero fuzz and
-        demand a byte-identical dry-run export.
-    wheel: build ``dist/ray-<version>+<local>-*.whl`` from base + series +
-        the new modules under ``python/ray``.
+    tree: the patched tree (``build/tree``) = pristine + ``git am`` of the
+        series; the wheel is built from it and the tests run from it.
+    check: lint the series, apply it onto the pristine base with zero fuzz,
+        check that every patch provides the modules its added lines import,
+        and demand a byte-identical dry-run export.
+    wheel: build ``dist/ray-<version>+<local>-*.whl``: the base wheel with the
+        patched tree's production files (everything under ``python/ray``
+        except tests) in place of its own.
 """
 
 import argparse
@@ -51,7 +55,8 @@ FORMAT_PATCH_FLAGS = [
     "--no-renames",
     "--diff-algorithm=myers",
 ]
-REQUIRED_TRAILERS = ("Forwarded:", "Last-Update:")
+# Ray requires the DCO sign-off on every commit.
+REQUIRED_TRAILERS = ("Signed-off-by:",)
 # Fixed identity and dates make the pristine commit hash reproducible.
 GIT_ENV = {
     "GIT_CONFIG_GLOBAL": os.devnull,
@@ -336,7 +341,7 @@ def lint_patch(path: Path) -> List[str]:
         problems.append("has no description saying why it exists")
     for trailer in REQUIRED_TRAILERS:
         if not re.search(rf"^{re.escape(trailer)} \S", body, re.M):
-            problems.append(f"lacks the DEP-3 trailer '{trailer}'")
+            problems.append(f"lacks the trailer '{trailer}'")
     return problems
 
 
@@ -354,11 +359,21 @@ def _failing_file(stderr: str) -> str:
     return "?"
 
 
-def apply_series(repo: Path, patches_dir: Path) -> None:
+def apply_series(
+    repo: Path, patches_dir: Path, check_imports: Optional[Path] = None
+) -> None:
     """``git am`` every patch of the series onto ``repo``, with zero fuzz.
 
+    Args:
+        repo: A clone of the pristine tree.
+        patches_dir: The series.
+        check_imports: The unpacked base wheel: also demand that, after each
+            patch, every module its added lines import exists in the tree or
+            is a compiled module of the base (each patch self-contained).
+
     Raises:
-        PatchError: Naming the first patch that does not apply and its file.
+        PatchError: Naming the first patch that does not apply and its file,
+            or (check_imports) the first patch that imports a missing module.
     """
     for name in read_series(patches_dir):
         patch = patches_dir / name
@@ -372,6 +387,14 @@ def apply_series(repo: Path, patches_dir: Path) -> None:
         if proc.returncode != 0:
             git(["am", "--abort"], repo, check=False)
             raise PatchError(f"git am failed on {name}:\n{proc.stderr.strip()}")
+        missing = (
+            unresolved_imports(repo, patch, check_imports) if check_imports else []
+        )
+        if missing:
+            raise PatchError(
+                f"patch {name} imports modules that neither the base nor the "
+                f"series up to it provides: {', '.join(missing)}"
+            )
 
 
 def export_series(repo: Path, out_dir: Path) -> List[str]:
@@ -449,7 +472,8 @@ def cmd_check(args) -> None:
     with tempfile.TemporaryDirectory(dir=args.build_dir) as tmp:
         work = Path(tmp) / "tree"
         clone_pristine(pristine, work)
-        apply_series(work, args.patches_dir)
+        base_files = unpacked_base(base, args.build_dir, args.cache_dir)
+        apply_series(work, args.patches_dir, check_imports=base_files)
         out = Path(tmp) / "export"
         names = export_series(work, out)
         diffs = []
@@ -464,7 +488,7 @@ def cmd_check(args) -> None:
             )
     log(
         f"{len(names)} patches: series lint ok, zero-fuzz apply ok, "
-        "re-export byte-identical"
+        "imports self-contained, re-export byte-identical"
     )
 
 
@@ -478,19 +502,96 @@ def cmd_pristine(args) -> None:
     log(f"pristine tree: {ensure_pristine(base, args.build_dir, args.cache_dir)}")
 
 
-def overlay_files(python_dir: Path) -> List[Path]:
-    """New modules to add to the wheel: python/ray/** without tests."""
-    files = []
-    for path in sorted((python_dir / "ray").rglob("*")):
-        rel = path.relative_to(python_dir)
-        if not path.is_file() or "__pycache__" in rel.parts:
+def series_digest(patches_dir: Path, base: Dict) -> str:
+    """Digest of everything the patched tree is made of."""
+    digest = hashlib.sha256(base["sha256"].encode())
+    for name in read_series(patches_dir):
+        digest.update(name.encode() + (patches_dir / name).read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_tree(
+    base: Dict, build_dir: Path, cache_dir: Path, patches_dir: Path
+) -> Path:
+    """Return ``build/tree``: the pristine tree with the series applied by git am.
+
+    Rebuilt from scratch whenever the base or the series changes, so it never
+    carries anything but what the series creates.
+    """
+    tree = build_dir / "tree"
+    digest = series_digest(patches_dir, base)
+    stamp = tree / ".git" / "raypatch-series"
+    if stamp.exists() and stamp.read_text().strip() == digest:
+        return tree
+    pristine = ensure_pristine(base, build_dir, cache_dir)
+    shutil.rmtree(tree, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=build_dir, prefix=".tree-"))
+    try:
+        work = tmp / "tree"
+        clone_pristine(pristine, work)
+        apply_series(work, patches_dir)
+        (work / ".git" / "raypatch-series").write_text(digest + "\n")
+        os.replace(work, tree)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"patched tree: {tree} ({len(read_series(patches_dir))} patches)")
+    return tree
+
+
+def is_test_file(rel: str) -> bool:
+    """Whether a tree path is test or build metadata (never shipped in wheels)."""
+    parts = rel.split("/")
+    # Not `test_*.py` in general: ray/serve/_private/test_utils.py ships.
+    return "tests" in parts or parts[-1] in ("BUILD.bazel", "BUILD", "conftest.py")
+
+
+def shipped_changes(tree: Path) -> List[Tuple[str, str]]:
+    """(status, path under python/) of the production files the series changes."""
+    out = git(
+        ["diff", "--name-status", "--no-renames", f"{UPSTREAM_REF}..HEAD"], tree
+    ).stdout
+    changes = []
+    for line in out.splitlines():
+        status, path = line.split("\t", 1)
+        if path.startswith("python/ray/") and not is_test_file(path):
+            changes.append((status, path[len("python/") :]))
+    return changes
+
+
+IMPORT_RE = re.compile(r"^\+\s*(?:from|import)\s+(ray(?:\.\w+)+)")
+
+
+def unresolved_imports(
+    repo: Path, patch: Path, compiled: Optional[Path] = None
+) -> List[str]:
+    """Modules the patch's added lines import that ``repo`` does not have.
+
+    Args:
+        repo: The tree the patch was applied to.
+        patch: The patch.
+        compiled: The unpacked base wheel, for its compiled modules
+            (``ray/_raylet.so``), which the tree of Python sources lacks.
+    """
+    missing = []
+    for line in patch.read_text(encoding="utf-8", errors="replace").splitlines():
+        m = IMPORT_RE.match(line)
+        if not m:
             continue
-        if "tests" in rel.parts or path.name in ("BUILD.bazel", "conftest.py"):
-            continue
-        if path.name.startswith("test_") or path.suffix in (".pyc",):
-            continue
-        files.append(rel)
-    return files
+        mod = m.group(1)
+        rel = mod.replace(".", "/")
+        path = repo / "python" / rel
+        found = path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+        if not found and compiled is not None:
+            found = (compiled / f"{rel}.so").exists()
+        if not found and mod not in missing:
+            missing.append(mod)
+    return missing
+
+
+def cmd_tree(args) -> None:
+    base = load_base(args.base_toml, args.patches_dir)
+    tree = ensure_tree(base, args.build_dir, args.cache_dir, args.patches_dir)
+    log(f"patched tree: {tree}")
 
 
 def cmd_wheel(args) -> None:
@@ -499,18 +600,9 @@ def cmd_wheel(args) -> None:
     if problems:
         raise PatchError("series lint failed:\n  " + "\n  ".join(problems))
     args.build_dir.mkdir(parents=True, exist_ok=True)
-    src = unpacked_base(base, args.build_dir, args.cache_dir)
-    python_dir = args.python_dir
-    overlay = overlay_files(python_dir) if (python_dir / "ray").exists() else []
     series = read_series(args.patches_dir)
-
-    digest = hashlib.sha256()
-    for part in [Path(__file__), args.base_toml or args.patches_dir / "base.toml"]:
-        digest.update(Path(part).read_bytes())
-    for name in series:
-        digest.update(name.encode() + (args.patches_dir / name).read_bytes())
-    for rel in overlay:
-        digest.update(str(rel).encode() + (python_dir / rel).read_bytes())
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest.update(series_digest(args.patches_dir, base).encode())
     digest = digest.hexdigest()
     dist = args.dist_dir
     stamp = dist / ".inputs-sha256"
@@ -519,49 +611,29 @@ def cmd_wheel(args) -> None:
         log(f"up to date: {existing[0]}")
         return
 
+    src = unpacked_base(base, args.build_dir, args.cache_dir)
+    tree = ensure_tree(base, args.build_dir, args.cache_dir, args.patches_dir)
+    changes = shipped_changes(tree)
     version = f"{base['version']}+{base['local_version']}"
     staging = Path(tempfile.mkdtemp(dir=args.build_dir, prefix=".wheel-"))
     try:
         log("staging the base wheel contents")
-        tree = staging / "tree"
-        shutil.copytree(src, tree, symlinks=True)
-        (tree / ".complete").unlink()
-        # Never let git discover an enclosing repository (this checkout): git
-        # apply would then resolve paths against it and skip our files.
-        apply_env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(staging))
-
-        def git_apply(*flags: str, patch: Path) -> subprocess.CompletedProcess:
-            return subprocess.run(
-                ["git", "apply", "-p2", *flags, str(patch)],
-                cwd=tree,
-                env=apply_env,
-                capture_output=True,
-                text=True,
-            )
-
-        for name in series:
-            patch = args.patches_dir / name
-            proc = git_apply("--whitespace=nowarn", patch=patch)
-            if proc.returncode != 0:
+        out = staging / "tree"
+        shutil.copytree(src, out, symlinks=True)
+        (out / ".complete").unlink()
+        for status, rel in changes:
+            target = out / rel
+            if status == "D":
+                target.unlink()
+                continue
+            if status == "A" and target.exists():
                 raise PatchError(
-                    f"patch {name} does not apply to the base wheel: file "
-                    f"{_failing_file(proc.stderr)}\n{proc.stderr.strip()}"
+                    f"python/{rel} is added by the series but the base ships it"
                 )
-            # Guard against a silent no-op: the patch must now be applied.
-            check = git_apply("--reverse", "--check", patch=patch)
-            if check.returncode != 0 or "Skipped" in proc.stderr + check.stderr:
-                raise PatchError(f"patch {name} did not apply to the base wheel")
-        for rel in overlay:
-            out = tree / rel
-            if out.exists():
-                raise PatchError(
-                    f"python/{rel} is a file Ray {base['version']} already ships; "
-                    "change it through a patch in patches/ray instead"
-                )
-            out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(python_dir / rel, out)
-        old_info = tree / f"{base['project']}-{base['version']}.dist-info"
-        new_info = tree / f"{base['project']}-{version}.dist-info"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(tree / "python" / rel, target)
+        old_info = out / f"{base['project']}-{base['version']}.dist-info"
+        new_info = out / f"{base['project']}-{version}.dist-info"
         os.rename(old_info, new_info)
         meta = (new_info / "METADATA").read_text()
         meta, n = re.subn(
@@ -578,7 +650,7 @@ def cmd_wheel(args) -> None:
                     },
                     "version": version,
                     "patches": series,
-                    "new_modules": [f"python/{rel}" for rel in overlay],
+                    "changed_files": [f"python/{rel}" for _, rel in changes],
                     "inputs_sha256": digest,
                 },
                 indent=2,
@@ -589,9 +661,13 @@ def cmd_wheel(args) -> None:
         packed = staging / "packed"
         packed.mkdir()
         wheel_cmd = [str(args.wheel_python), "-m", "wheel"]
-        subprocess.run([*wheel_cmd, "pack", str(tree), "-d", str(packed)], check=True)
+        subprocess.run(
+            [*wheel_cmd, "pack", str(out), "-d", str(packed)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         (built,) = packed.glob("*.whl")
-        proc = subprocess.run(
+        subprocess.run(
             [
                 *wheel_cmd,
                 "tags",
@@ -633,9 +709,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.set_defaults(func=cmd_import)
     sub.add_parser("export").set_defaults(func=cmd_export)
     sub.add_parser("check").set_defaults(func=cmd_check)
+    sub.add_parser("tree").set_defaults(func=cmd_tree)
     p = sub.add_parser("wheel")
     p.add_argument("--dist-dir", type=Path, default=ROOT / "dist")
-    p.add_argument("--python-dir", type=Path, default=ROOT / "python")
     p.add_argument(
         "--wheel-python",
         type=Path,

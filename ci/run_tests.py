@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Run the test suites of `make test` one after another and report their times.
 
-Suites run serially: the integration tests start real Ray clusters and Serve
-(on free ports), so running them side by side on 2 cores would only add noise.
+The tests are the series' own, run from the patched tree (`make tree`: the
+pristine sources with the series applied by `git am`, nothing else) against
+the wheel built from that tree, plus the fork's tooling tests in `ci/`. Suites
+run serially: the integration tests start real Ray clusters, and side by side
+on 2 cores they would only add noise.
 """
 
 import argparse
@@ -10,104 +13,75 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class Command(NamedTuple):
-    """A suite that is a plain command, not pytest: argv after the venv's python."""
-
-    argv: List[str]
+class Suite(NamedTuple):
+    name: str
+    # pytest arguments (paths relative to the tree unless they start with //),
+    # or None for the doc code scripts.
+    pytest_args: Optional[List[str]]
 
 
 SUITES = [
-    ("patch tools", ["ci"]),
-    (
-        "unit",
-        [
-            "python/ray/serve/tests/unit",
-            "python/ray/llm/tests/serve/cpu/deployments/routers/unit",
-        ],
-    ),
-    (
+    Suite("patch tools", ["//ci"]),
+    Suite("unit", ["python/ray/serve/tests/unit"]),
+    Suite(
         "integration",
         [
             "python/ray/serve/tests",
             "python/ray/llm/tests",
-            "doc",
             "--ignore=python/ray/serve/tests/unit",
-            "--ignore=python/ray/llm/tests/serve/cpu/deployments/routers/unit",
-            "-m",
-            "not chaos",
         ],
     ),
-    ("chaos smoke", ["python/ray/serve/tests", "-m", "chaos"]),
-    # The release workloads in smoke mode (`make release-smoke` runs the whole
-    # soak smoke; here one scenario, as the chaos smoke above runs them all).
-    (
-        "release smoke",
-        Command(
-            [
-                "release/serve_tests/workloads/deployment_actor_scale.py",
-                "--smoke",
-                "--output",
-                "out/release-smoke/deployment_actor_scale.json",
-            ]
-        ),
-    ),
-    (
-        "soak smoke",
-        Command(
-            [
-                "release/serve_tests/workloads/deployment_actor_chaos.py",
-                "--smoke",
-                "--scenarios",
-                "tree_kill",
-                "--output",
-                "out/release-smoke/deployment_actor_chaos.json",
-                "--output-dir",
-                "out/release-smoke/chaos",
-            ]
-        ),
-    ),
-    # Stock Ray 2.60.0 vs the patched wheel, short (`make bench-smoke`).
-    ("bench smoke", Command(["ci/bench.py", "--smoke"])),
+    Suite("doc code", None),
 ]
+
+
+def pytest_command(python: str, tree: Path, args: List[str]) -> List[str]:
+    resolved = []
+    for arg in args:
+        if arg.startswith("//"):
+            resolved.append(str(ROOT / arg[2:]))
+        elif arg.startswith("--ignore="):
+            resolved.append("--ignore=" + str(tree / arg[len("--ignore=") :]))
+        else:
+            resolved.append(str(tree / arg))
+    return [python, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), *resolved]
+
+
+def run_doc_code(python: str, tree: Path) -> int:
+    """Each doc_code file runs top to bottom as a script (as upstream's doc CI)."""
+    rc = 0
+    for script in sorted((tree / "doc" / "source" / "serve" / "doc_code").glob("*.py")):
+        print(f"--- {script.relative_to(tree)}", flush=True)
+        proc = subprocess.run([python, str(script)], cwd=ROOT)
+        print(f"--- {script.name}: {'ok' if proc.returncode == 0 else 'FAILED'}")
+        rc |= proc.returncode
+    return rc
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", required=True)
+    parser.add_argument("--tree", type=Path, required=True)
     parser.add_argument("--only", action="append", help="run only these suites")
     args = parser.parse_args()
+    tree = args.tree.resolve()
     results = []
-    for name, targets in SUITES:
-        if args.only and name not in args.only:
+    for suite in SUITES:
+        if args.only and suite.name not in args.only:
             continue
-        if isinstance(targets, Command):
-            cmd = [args.python, *targets.argv]
-        else:
-            paths = [
-                t for t in targets if not t.startswith("-") and "/" in t or t == "ci"
-            ]
-            targets = [
-                t
-                for t in targets
-                if t.startswith("-")
-                or t in ("not chaos", "chaos")
-                or (ROOT / t).exists()
-            ]
-            if not any((ROOT / p).exists() for p in paths):
-                continue
-            cmd = [args.python, "-m", "pytest", "-c", "pyproject.toml", *targets]
-        print(f"\n===== {name} =====", flush=True)
+        print(f"\n===== {suite.name} =====", flush=True)
         start = time.monotonic()
-        rc = subprocess.run(cmd, cwd=ROOT).returncode
-        # pytest exits 5 when a marker selects nothing; that suite is just empty.
-        if rc == 5 and not isinstance(targets, Command):
-            rc = 0
-        results.append((name, rc, time.monotonic() - start))
+        if suite.pytest_args is None:
+            rc = run_doc_code(args.python, tree)
+        else:
+            cmd = pytest_command(args.python, tree, suite.pytest_args)
+            rc = subprocess.run(cmd, cwd=ROOT).returncode
+        results.append((suite.name, rc, time.monotonic() - start))
     print("\n===== make test summary =====")
     for name, rc, secs in results:
         print(f"{name:<12} {'ok' if rc == 0 else 'FAILED':<7} {secs:7.1f} s")

@@ -1,8 +1,10 @@
 """Tests of the patch series tooling (ci/raypatch.py) on the real pinned base."""
 
+import json
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RAYPATCH = ROOT / "ci" / "raypatch.py"
 PATCHES = ROOT / "patches" / "ray"
 CACHE = ROOT / ".cache" / "base"
+UPSTREAM = "refs/patches/upstream-head"
 
 
 def run(*args, build_dir, patches_dir=PATCHES, cache_dir=CACHE, extra=()):
@@ -78,7 +81,7 @@ def synthetic_series(build_dir, tmp_path):
             "-q",
             "-m",
             f"serve: synthetic change {i}\n\nExercises the patch tools.\n\n"
-            "Forwarded: not-needed\nLast-Update: 2026-11-22",
+            "Signed-off-by: t <t@example.com>",
         )
     proc = run("export", build_dir=b, patches_dir=patches)
     assert proc.returncode == 0, proc.stderr
@@ -162,12 +165,12 @@ def test_patch_without_description_or_trailers_fails_lint(synthetic_series):
     path = patches / "serve-synthetic-change-0.patch"
     text = path.read_text()
     text = text.replace("Exercises the patch tools.\n\n", "")
-    text = text.replace("Forwarded: not-needed\n", "")
+    text = text.replace("Signed-off-by: t <t@example.com>\n", "")
     path.write_text(text)
     proc = run("check", build_dir=b, patches_dir=patches)
     assert proc.returncode == 2
     assert "has no description saying why it exists" in proc.stderr
-    assert "lacks the DEP-3 trailer 'Forwarded:'" in proc.stderr
+    assert "lacks the trailer 'Signed-off-by:'" in proc.stderr
 
 
 def test_export_drift_fails_check(synthetic_series):
@@ -179,6 +182,63 @@ def test_export_drift_fails_check(synthetic_series):
     proc = run("check", build_dir=b, patches_dir=patches)
     assert proc.returncode == 2
     assert "not byte-identical for: serve-synthetic-change-0.patch" in proc.stderr
+
+
+def commit_new_module(src: Path, import_line: str, subject: str) -> None:
+    """Commit a new production module and a test next to it."""
+    module = src / "python/ray/serve/_private/synthetic_module.py"
+    module.write_text(f"{import_line}\n\nVALUE = 1\n")
+    test = src / "python/ray/serve/tests/unit/test_synthetic_module.py"
+    test.parent.mkdir(parents=True, exist_ok=True)
+    test.write_text("def test_value():\n    assert True\n")
+    git(src, "add", "-A")
+    git(
+        src,
+        "commit",
+        "-q",
+        "-m",
+        f"{subject}\n\nAdds a module.\n\nSigned-off-by: t <t@example.com>",
+    )
+
+
+def test_patch_importing_a_module_no_patch_provides_fails_check(synthetic_series):
+    patches, b = synthetic_series
+    commit_new_module(
+        b / "src", "from ray.serve._private.nowhere import thing", "serve: bad import"
+    )
+    assert run("export", build_dir=b, patches_dir=patches).returncode == 0
+    proc = run("check", build_dir=b, patches_dir=patches)
+    assert proc.returncode == 2
+    assert "patch serve-bad-import.patch imports modules" in proc.stderr
+    assert "ray.serve._private.nowhere" in proc.stderr
+
+
+def test_built_wheel_is_the_patched_tree_without_tests():
+    """dist/'s wheel (make wheel): the series' modules in, its tests out."""
+    wheels = sorted((ROOT / "dist").glob("ray-*.whl"))
+    assert len(wheels) == 1, f"run `make wheel` first: {wheels}"
+    tree = ROOT / "build" / "tree"
+    with zipfile.ZipFile(wheels[0]) as zf:
+        names = set(zf.namelist())
+        patchset = json.loads(
+            zf.read(next(n for n in names if n.endswith("PATCHSET.json")))
+        )
+        for path in patchset["changed_files"]:
+            rel = path[len("python/") :]
+            assert zf.read(rel) == (tree / path).read_bytes(), path
+    assert patchset["patches"] == (PATCHES / ".patches").read_text().split()
+    added = subprocess.run(
+        ["git", "diff", "--name-only", "--diff-filter=A", f"{UPSTREAM}..HEAD"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    new_modules = [p for p in added if "/tests/" not in p and p.startswith("python/")]
+    new_tests = [p for p in added if "/tests/" in p]
+    assert new_modules and new_tests
+    assert all(p[len("python/") :] in names for p in new_modules)
+    assert not any(p[len("python/") :] in names for p in new_tests)
 
 
 def test_wrong_base_sha256_fails_wheel_and_leaves_nothing(tmp_path):

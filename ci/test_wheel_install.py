@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ray._common.network_utils import find_free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 SMOKE = textwrap.dedent(
@@ -91,15 +93,13 @@ def fresh_venv(tmp_path_factory):
 
 
 def test_wheel_installs_and_serves_on_two_nodes(fresh_venv, tmp_path):
-    from conftest import free_port
-
     script = tmp_path / "smoke.py"
     script.write_text(SMOKE)
     proc = subprocess.run(
         [
             str(fresh_venv / "bin" / "python"),
             str(script),
-            str(free_port()),
+            str(find_free_port()),
             str(tmp_path / "result.json"),
         ],
         capture_output=True,
