@@ -5,17 +5,23 @@ Ray wheels ship no tests and no conftest.py, so the tests the patch series adds
 fixtures they use from upstream's conftests from here, under upstream's names:
 
 * ``python/ray/serve/tests/unit/conftest.py``: unit tests never start Ray
-  (``disallow_ray_init``, autouse for every ``*/tests/unit/*`` and every
-  ``prefix_aware`` router unit test), and ``mock_deployment_state_manager``.
+  (``disallow_ray_init``, autouse for every ``*/tests/unit/*``), and
+  ``mock_deployment_state_manager``.
 * ``python/ray/serve/tests/conftest.py``: ``ray_start_stop``-style local
   clusters are made by the tests themselves; ``serve_instance`` is Serve on a
-  local Ray cluster for a module, with every app deleted after each test.
+  local Ray cluster for a module; after each test every app is deleted and
+  the cached handles are shut down, as upstream's fixture does.
 
 Serve always binds a free port here, never the default 8000, so runs on a
 shared machine do not collide.
+
+Test helpers the series adds under a ``tests`` package (e.g.
+``ray.llm.tests.serve.mocks``) import as they do in upstream's source tree:
+the tree's ``python/ray/llm`` joins the installed ``ray.llm`` package's path.
 """
 
 import os
+from pathlib import Path
 from typing import Tuple
 from unittest.mock import Mock, patch
 
@@ -27,6 +33,20 @@ from ray._common.network_utils import find_free_port
 
 def _is_unit_test(path: str) -> bool:
     return "/tests/unit/" in path
+
+
+def pytest_collect_file(file_path: Path, parent):
+    """Let ``ray.llm.tests...`` resolve in the tree a collected test lives in."""
+    parts = file_path.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 4] == ("python", "ray", "llm", "tests"):
+            import ray.llm
+
+            llm = str(Path(*parts[: i + 3]))
+            if llm not in ray.llm.__path__:
+                ray.llm.__path__.append(llm)
+            break
+    return None
 
 
 def pytest_collection_modifyitems(config, items):
@@ -104,7 +124,11 @@ def mock_deployment_state_manager() -> Tuple:
 def _ray_for_module():
     if ray.is_initialized():
         ray.shutdown()
-    os.environ.setdefault("RAY_SERVE_DEPLOYMENT_ACTOR_HEALTH_CHECK_PERIOD_S", "1")
+    # Deployment actors are health-checked every second (the controller reads
+    # it at start), so recreation tests do not wait out the default period.
+    name = "RAY_SERVE_DEPLOYMENT_ACTOR_HEALTH_CHECK_PERIOD_S"
+    saved = os.environ.get(name)
+    os.environ[name] = "1"
     ctx = ray.init(
         address="local",
         num_cpus=8,
@@ -114,6 +138,10 @@ def _ray_for_module():
     )
     yield ctx
     ray.shutdown()
+    if saved is None:
+        del os.environ[name]
+    else:
+        os.environ[name] = saved
 
 
 @pytest.fixture
@@ -136,6 +164,7 @@ def serve_instance(_ray_for_module):
         apps = list(serve.status().applications)
         if apps:
             client.delete_apps(apps, blocking=True)
+        client.shutdown_cached_handles()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -6,18 +6,11 @@ the wheel in ``dist/`` changes, only Ray itself is reinstalled.
 """
 
 import argparse
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
 
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from raypatch import sha256_of
 
 
 def pip(venv: Path, *args: str) -> None:
@@ -46,13 +39,13 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "venv", str(args.venv)], check=True)
     if not pins_stamp.exists() or pins_stamp.read_text() != pins:
         print(f"dev_env: installing ray[serve] from {wheel.name} and {pins}")
-        pip(args.venv, "install", "-q", f"ray[serve] @ {wheel.as_uri()}", *args.pins)
+        pip(args.venv, "install", "-qq", f"ray[serve] @ {wheel.as_uri()}", *args.pins)
         pins_stamp.write_text(pins)
     # The version (2.60.0+<local>) stays the same across rebuilds, so pip
     # would keep an older build: reinstall Ray itself whenever the wheel changed.
     if not stamp.exists() or stamp.read_text() != digest:
         print(f"dev_env: reinstalling ray from {wheel.name}")
-        pip(args.venv, "install", "-q", "--force-reinstall", "--no-deps", str(wheel))
+        pip(args.venv, "install", "-qq", "--force-reinstall", "--no-deps", str(wheel))
         stamp.write_text(digest)
     else:
         print(f"dev_env: {args.venv} is up to date with {wheel.name}")

@@ -31,9 +31,10 @@ SMOKE = textwrap.dedent(
     class Req:
         prompt: str
 
+    # One CPU per node and per replica: one replica on each node.
     @serve.deployment(
         num_replicas=2,
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options={"num_cpus": 1},
         request_router_config=RequestRouterConfig(request_router_class=ROUTER),
     )
     class Model:
@@ -41,8 +42,8 @@ SMOKE = textwrap.dedent(
             return serve.get_replica_context().replica_id.unique_id
 
     cluster = Cluster()
-    cluster.add_node(num_cpus=2)
-    cluster.add_node(num_cpus=2)
+    cluster.add_node(num_cpus=1, include_dashboard=False)
+    cluster.add_node(num_cpus=1)
     try:
         ray.init(address=cluster.address, include_dashboard=False)
         nodes = [n for n in ray.nodes() if n["Alive"]]
@@ -54,6 +55,10 @@ SMOKE = textwrap.dedent(
             )
             for i in range(20)
         ]
+        details = serve.context._get_global_client().get_serve_details()
+        replicas = details["applications"]["smoke"]["deployments"]["Model"][
+            "replicas"
+        ]
         dist = importlib.metadata.distribution("ray")
         open(sys.argv[2], "w").write(json.dumps({
             "version": dist.version,
@@ -62,6 +67,7 @@ SMOKE = textwrap.dedent(
             "patchset": json.loads(dist.read_text("PATCHSET.json")),
             "alive_nodes": len(nodes),
             "served": served,
+            "replica_nodes": {r["replica_id"]: r["node_id"] for r in replicas},
         }))
         serve.shutdown()
     finally:
@@ -107,7 +113,7 @@ def test_wheel_installs_and_serves_on_two_nodes(fresh_venv, tmp_path):
         timeout=600,
         cwd=tmp_path,
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     result = json.loads((tmp_path / "result.json").read_text())
     base = (ROOT / "patches" / "ray" / "base.toml").read_text()
     assert result["version"].startswith("2.60.0+")
@@ -117,8 +123,11 @@ def test_wheel_installs_and_serves_on_two_nodes(fresh_venv, tmp_path):
     series = (ROOT / "patches" / "ray" / ".patches").read_text().split()
     assert result["patchset"]["patches"] == series
     assert result["alive_nodes"] == 2
-    assert len(result["served"]) == 20
-    assert 1 <= len(set(result["served"])) <= 2
+    # The two replicas run on the two nodes...
+    assert len(set(result["replica_nodes"].values())) == 2
+    # ...and the prefix-aware router sends the shared prefix to one of them.
+    assert len(set(result["served"])) == 1
+    assert set(result["served"]) <= set(result["replica_nodes"])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Fork tooling: load, faults and benchmarks for the demo, chaos runs and make bench."""
