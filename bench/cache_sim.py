@@ -8,14 +8,18 @@
 * an LRU of ``cache_blocks`` blocks per replica;
 * ``slots`` sequences run at once; the others queue (so load is real);
 * a request costs ``prefill_ms_per_block`` per uncached block plus
-  ``decode_ms``.
+  ``decode_ms``; it answers how long it queued for a slot and how long it
+  spent in the engine in all, so the bench can tell the engine's share of
+  the latency from Serve's and the router's.
 
 Requests only need a ``prompt`` attribute, as the prefix-aware router reads.
 """
 
 import asyncio
+import base64
 import random
 import string
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -50,7 +54,9 @@ class CacheSimModel:
 
     async def __call__(self, request) -> dict:
         blocks = self._blocks(request.prompt)
+        arrived = time.monotonic()
         async with self._slots:
+            started = time.monotonic()
             hit = 0
             for h in blocks:
                 if h not in self._lru:
@@ -66,7 +72,13 @@ class CacheSimModel:
                 self._lru.move_to_end(h)
             while len(self._lru) > self._config.cache_blocks:
                 self._lru.popitem(last=False)
-        return {"replica": self._replica, "hit": hit, "blocks": len(blocks)}
+        return {
+            "replica": self._replica,
+            "hit": hit,
+            "blocks": len(blocks),
+            "wait_s": started - arrived,
+            "engine_s": time.monotonic() - arrived,
+        }
 
 
 def deployment(
@@ -125,9 +137,10 @@ class PromptMix:
 
     def next(self) -> SimpleNamespace:
         index = self._rng.choices(range(len(self.prefixes)), self.weights)[0]
-        suffix = "".join(
-            self._rng.choice(string.ascii_letters) for _ in range(self.suffix_chars)
-        )
+        # Random bytes in base64: as unique as random letters, at a fraction
+        # of the load generator's CPU (it shares the driver with the router).
+        raw = self._rng.randbytes(self.suffix_chars * 3 // 4 + 3)
+        suffix = base64.b64encode(raw).decode()[: self.suffix_chars]
         return SimpleNamespace(prompt=self.prefixes[index] + suffix, key=str(index))
 
     def oracle_hit_rate(self, block_chars: int) -> float:

@@ -5,7 +5,10 @@ both and prints the ratios). Workloads, each on one local cluster:
 
 * ``cache``: a cache-bound simulated engine (``bench/cache_sim.py``) with
   uniform, Zipf and single-shared-prefix prompt mixes at 8 and 32 callers.
-  req/s, p50/p99, engine hit rate against the oracle, busiest replica.
+  req/s, p50/p99, engine hit rate against the oracle, busiest replica; where
+  the latency goes (queued for a slot, in the engine, outside it); and the
+  ceiling, the shared mix's req/s: what perfect affinity and balance reach
+  on this machine.
 * ``echo``: a replica that answers at once, so the router's own cost shows:
   prefix/pow2 req/s, and the *neighbour cost*: power-of-two traffic beside
   prefix traffic in the same process (one router event loop) against its solo
@@ -53,7 +56,7 @@ class Echo:
         self._replica = serve.get_replica_context().replica_id.to_full_id_str()
 
     async def __call__(self, request) -> dict:
-        return {"replica": self._replica, "hit": 0, "blocks": 0}
+        return {"replica": self._replica, "hit": 0, "blocks": 0, "engine_s": 0.0}
 
 
 def echo_app(name: str, router):
@@ -64,7 +67,7 @@ async def window(handle, mix, callers: int, seconds: float):
     async def call(c: int, i: int) -> toolkit.Record:
         request = mix.next()
         answer = await handle.remote(request)
-        extra = {"hit": answer["hit"], "blocks": answer["blocks"]}
+        extra = {k: answer.get(k, 0.0) for k in ("hit", "blocks", "wait_s", "engine_s")}
         return toolkit.Record(0, 0, True, request.key, answer["replica"], extra)
 
     return await toolkit.closed_loop(call, callers, seconds)
@@ -76,6 +79,13 @@ def figures(records: List[toolkit.Record], seconds: float, oracle: float) -> Dic
     blocks = sum(r.extra["blocks"] for r in ok)
     out["hit_rate"] = sum(r.extra["hit"] for r in ok) / blocks if blocks else 0.0
     out["hit_vs_oracle"] = out["hit_rate"] / oracle if oracle else float("nan")
+    # Where the latency goes: queued for an engine slot, in the engine in all
+    # (queue, prefill, decode), and outside it (Serve, the router, the CPU).
+    n = len(ok) or 1
+    out["mean_ms"] = sum(r.latency_s for r in ok) / n * 1000
+    out["engine_wait_ms"] = sum(r.extra["wait_s"] for r in ok) / n * 1000
+    out["engine_ms"] = sum(r.extra["engine_s"] for r in ok) / n * 1000
+    out["outside_engine_ms"] = out["mean_ms"] - out["engine_ms"]
     return out
 
 
@@ -135,9 +145,43 @@ async def cache_workload(args) -> Dict:
                 f"{q['busiest_share']:.0%}",
                 flush=True,
             )
+            print(
+                "    mean ms queued for a slot / in the engine / outside it: "
+                + ", ".join(
+                    f"{name} {r['engine_wait_ms']:.1f}/{r['engine_ms']:.1f}/"
+                    f"{r['outside_engine_ms']:.1f}"
+                    for name, r in (("prefix", p), ("pow2", q))
+                ),
+                flush=True,
+            )
+    ceilings(results)
     for name in ROUTERS:
         serve.delete(f"cache_{name}")
     return results
+
+
+def ceilings(results: Dict) -> None:
+    """What a perfect router could get on this machine, from the shared mix.
+
+    Under one shared prompt both routers hit the cache at the oracle's rate
+    and split the load evenly, so the shared mix's req/s at a caller count is
+    what any router reaches with perfect affinity and balance, with this
+    engine, Serve's own overhead and this machine's CPU. Against power of two
+    on another mix it is the highest prefix/pow2 ratio that mix can show.
+    """
+    for key, row in results.items():
+        shared = results.get(f"shared/{key.split('/')[1]}")
+        if shared is None or key.startswith("shared/"):
+            continue
+        best = max(shared[name]["req_s"] for name in ROUTERS)
+        row["ceiling_req_s"] = best
+        row["ceiling_ratio_req_s"] = best / row["pow2"]["req_s"]
+        print(
+            f"cache {key:11} ceiling (perfect cache, the shared mix): "
+            f"{best:.0f} req/s, {row['ceiling_ratio_req_s']:.2f}x pow2; prefix "
+            f"reaches {row['prefix']['req_s'] / best:.0%} of it",
+            flush=True,
+        )
 
 
 async def echo_workload(args) -> Dict:

@@ -47,6 +47,7 @@ def rows(
     for key, row in routing.get("cache", {}).items():
         out += [
             (f"cache {key}: prefix/pow2 req/s", row["ratio_req_s"]),
+            (f"cache {key}: ceiling/pow2 req/s", row.get("ceiling_ratio_req_s")),
             (f"cache {key}: prefix/pow2 p99", row["ratio_p99"]),
             (f"cache {key}: hit rate / oracle", row["prefix"]["hit_vs_oracle"]),
             (f"cache {key}: busiest replica share", row["prefix"]["busiest_share"]),
