@@ -47,11 +47,12 @@ def rows(
     for key, row in routing.get("cache", {}).items():
         out += [
             (f"cache {key}: prefix/pow2 req/s", row["ratio_req_s"]),
-            (f"cache {key}: ceiling/pow2 req/s", row.get("ceiling_ratio_req_s")),
             (f"cache {key}: prefix/pow2 p99", row["ratio_p99"]),
             (f"cache {key}: hit rate / oracle", row["prefix"]["hit_vs_oracle"]),
             (f"cache {key}: busiest replica share", row["prefix"]["busiest_share"]),
         ]
+        if "ceiling_ratio_req_s" in row:
+            out.append((f"cache {key}: ceiling/pow2 req/s", row["ceiling_ratio_req_s"]))
     for key, row in routing.get("echo", {}).items():
         if key == "neighbour":
             out.append(("echo: pow2 beside prefix / beside pow2", row["ratio"]))
