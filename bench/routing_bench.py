@@ -56,7 +56,13 @@ class Echo:
         self._replica = serve.get_replica_context().replica_id.to_full_id_str()
 
     async def __call__(self, request) -> dict:
-        return {"replica": self._replica, "hit": 0, "blocks": 0, "engine_s": 0.0}
+        return {
+            "replica": self._replica,
+            "hit": 0,
+            "blocks": 0,
+            "wait_s": 0.0,
+            "engine_s": 0.0,
+        }
 
 
 def echo_app(name: str, router):
@@ -67,7 +73,7 @@ async def window(handle, mix, callers: int, seconds: float):
     async def call(c: int, i: int) -> toolkit.Record:
         request = mix.next()
         answer = await handle.remote(request)
-        extra = {k: answer.get(k, 0.0) for k in ("hit", "blocks", "wait_s", "engine_s")}
+        extra = {k: answer[k] for k in ("hit", "blocks", "wait_s", "engine_s")}
         return toolkit.Record(0, 0, True, request.key, answer["replica"], extra)
 
     return await toolkit.closed_loop(call, callers, seconds)
@@ -170,8 +176,9 @@ def ceilings(results: Dict) -> None:
     on another mix it is the highest prefix/pow2 ratio that mix can show.
     """
     for key, row in results.items():
-        shared = results.get(f"shared/{key.split('/')[1]}")
-        if shared is None or key.startswith("shared/"):
+        mix, callers = key.split("/")
+        shared = results.get(f"shared/{callers}")
+        if mix == "shared" or shared is None:
             continue
         best = max(shared[name]["req_s"] for name in ROUTERS)
         row["ceiling_req_s"] = best
