@@ -9,6 +9,9 @@ both and prints the ratios). Workloads, each on one local cluster:
   the latency goes (queued for a slot, in the engine, outside it); and the
   ceiling, the shared mix's req/s: what perfect affinity and balance reach
   on this machine.
+* ``engine_bound``: the cache workload with every engine time scaled up
+  (``--engine-bound-scale``, 4x), so that the engine, not this machine's CPU,
+  is the bottleneck.
 * ``echo``: a replica that answers at once, so the router's own cost shows:
   prefix/pow2 req/s, and the *neighbour cost*: power-of-two traffic beside
   prefix traffic in the same process (one router event loop) against its solo
@@ -128,8 +131,13 @@ def deploy(kind: str, config: cache_sim.EngineConfig) -> Dict:
     return handles
 
 
-async def cache_workload(args) -> Dict:
-    config = cache_sim.EngineConfig(prefill_ms_per_block=args.prefill_ms_per_block)
+async def cache_workload(args, scale: float = 1.0) -> Dict:
+    """The cache-bound engine; ``scale`` multiplies its decode and prefill time."""
+    label = "cache" if scale == 1 else f"cache x{scale:g}"
+    config = cache_sim.EngineConfig(
+        decode_ms=cache_sim.EngineConfig.decode_ms * scale,
+        prefill_ms_per_block=args.prefill_ms_per_block * scale,
+    )
     handles = deploy("cache", config)
     results = {}
     for mix_name in args.mixes:
@@ -144,7 +152,7 @@ async def cache_workload(args) -> Dict:
             results[f"{mix_name}/{callers}"] = row
             p, q = row["prefix"], row["pow2"]
             print(
-                f"cache {mix_name:8}{callers:3} callers: prefix/pow2 req/s "
+                f"{label} {mix_name:8}{callers:3} callers: prefix/pow2 req/s "
                 f"{row['ratio_req_s']:.2f}x, p99 {row['ratio_p99']:.2f}x, hit "
                 f"{p['hit_rate']:.2f}/{q['hit_rate']:.2f} (oracle "
                 f"{row['oracle_hit_rate']:.3f}), busiest {p['busiest_share']:.0%}/"
@@ -160,13 +168,24 @@ async def cache_workload(args) -> Dict:
                 ),
                 flush=True,
             )
-    ceilings(results)
+    ceilings(results, label)
     for name in ROUTERS:
         serve.delete(f"cache_{name}")
     return results
 
 
-def ceilings(results: Dict) -> None:
+async def engine_bound_workload(args) -> Dict:
+    """The cache workload with an engine ``--engine-bound-scale`` times slower.
+
+    On a small machine the cache workload's requests spend about as long in
+    Serve and the router as in the engine, so the CPU caps what any router
+    gets (the ceiling). With every engine time scaled up, the engine is the
+    bottleneck, as it is on a GPU, and the ratios show the routing alone.
+    """
+    return await cache_workload(args, scale=args.engine_bound_scale)
+
+
+def ceilings(results: Dict, label: str = "cache") -> None:
     """What a perfect router could get on this machine, from the shared mix.
 
     Under one shared prompt both routers hit the cache at the oracle's rate
@@ -184,7 +203,7 @@ def ceilings(results: Dict) -> None:
         row["ceiling_req_s"] = best
         row["ceiling_ratio_req_s"] = best / row["pow2"]["req_s"]
         print(
-            f"cache {key:11} ceiling (perfect cache, the shared mix): "
+            f"{label} {key:11} ceiling (perfect cache, the shared mix): "
             f"{best:.0f} req/s, {row['ceiling_ratio_req_s']:.2f}x pow2; prefix "
             f"reaches {row['prefix']['req_s'] / best:.0%} of it",
             flush=True,
@@ -309,6 +328,7 @@ async def first_request_workload(args) -> Dict:
 
 WORKLOADS = {
     "cache": cache_workload,
+    "engine_bound": engine_bound_workload,
     "echo": echo_workload,
     "treekill": treekill_workload,
     "first": first_request_workload,
@@ -324,12 +344,14 @@ def main() -> int:
     parser.add_argument("--warmup-s", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--prefill-ms-per-block", type=float, default=1.0)
+    parser.add_argument("--engine-bound-scale", type=float, default=4.0)
     parser.add_argument("--kill-at-s", type=float, default=4.0)
     parser.add_argument("--after-kill-s", type=float, default=8.0)
     parser.add_argument("--first-repeats", type=int, default=3)
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     results = {"ray": {"version": ray.__version__, "commit": ray.__commit__}}
+    results["engine_bound_scale"] = args.engine_bound_scale
     with toolkit.local_serve(num_cpus=8):
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         for name in args.workloads:

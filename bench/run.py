@@ -1,8 +1,9 @@
 """`make bench`: stock Ray 2.60.0 and the patched wheel side by side, one run.
 
 Runs, in each venv, ``bench/routing_bench.py`` (the prefix router against power
-of two through Serve handles, on a cache-bound simulated engine and on an echo
-replica; a tree kill; the first request), ``bench/llm_bench.py`` (Serve LLM's
+of two through Serve handles, on a cache-bound simulated engine, on the same
+engine 4x slower (engine-bound) and on an echo replica; a tree kill; the first
+request), ``bench/llm_bench.py`` (Serve LLM's
 OpenAI path under upstream's benchmark client) and ``bench/controller_bench.py``
 (controller CPU per control-loop step with no, declarative and runtime
 deployment actors), then prints one table of
@@ -44,15 +45,19 @@ def rows(
         value = controller.get(kind, {}).get("cpu_ms_per_step")
         label = f"controller CPU ms/step, {controller['actors']} {kind} actors"
         out.append((label.replace(f"{controller['actors']} none", "no"), value))
-    for key, row in routing.get("cache", {}).items():
-        out += [
-            (f"cache {key}: prefix/pow2 req/s", row["ratio_req_s"]),
-            (f"cache {key}: prefix/pow2 p99", row["ratio_p99"]),
-            (f"cache {key}: hit rate / oracle", row["prefix"]["hit_vs_oracle"]),
-            (f"cache {key}: busiest replica share", row["prefix"]["busiest_share"]),
-        ]
-        if "ceiling_ratio_req_s" in row:
-            out.append((f"cache {key}: ceiling/pow2 req/s", row["ceiling_ratio_req_s"]))
+    scale = routing.get("engine_bound_scale", 0)
+    for workload, name in [("cache", "cache"), ("engine_bound", f"cache x{scale:g}")]:
+        for key, row in routing.get(workload, {}).items():
+            label = f"{name} {key}"
+            out += [
+                (f"{label}: prefix/pow2 req/s", row["ratio_req_s"]),
+                (f"{label}: prefix/pow2 p99", row["ratio_p99"]),
+                (f"{label}: hit rate / oracle", row["prefix"]["hit_vs_oracle"]),
+                (f"{label}: busiest replica share", row["prefix"]["busiest_share"]),
+            ]
+            if "ceiling_ratio_req_s" in row:
+                ceiling = row["ceiling_ratio_req_s"]
+                out.append((f"{label}: ceiling/pow2 req/s", ceiling))
     for key, row in routing.get("echo", {}).items():
         if key == "neighbour":
             out.append(("echo: pow2 beside prefix / beside pow2", row["ratio"]))
